@@ -36,13 +36,19 @@ free_loopback_port() {
   return 1
 }
 
+# A process that has exited but not been reaped yet (a zombie: its parent, this script's earlier
+# run, is gone and PID 1 may not reap) counts as stopped.
+is_running() {
+  [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]
+}
+
 stop_pidfile() { # PIDFILE NAME: TERM, then KILL after 20 s
   local pidfile=$1 name=$2 pid
   [[ -f $pidfile ]] || return 0
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if is_running "$pid"; then
     kill -TERM "$pid" 2>/dev/null
-    if ! wait_until 20 bash -c "! kill -0 $pid"; then
+    if ! wait_until 20 bash -c "$(declare -f is_running); ! is_running $pid"; then
       say "$name (pid $pid) did not stop on SIGTERM; killing it"
       kill -KILL "$pid" 2>/dev/null
     fi
