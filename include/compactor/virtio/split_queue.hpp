@@ -134,6 +134,15 @@ public:
     return walk_chain(head);
   }
 
+  // Puts the chain that the last `pop` returned back at the head of the available ring, for a
+  // device that took it but had nothing to put in it yet (a receive queue with no frame).
+  void unpop() {
+    --last_available_;
+    if (event_idx_) {
+      store_u16(used_, 4 + 8ULL * layout_.size, last_available_, std::memory_order_release);
+    }
+  }
+
   // Returns a chain to the driver with the number of bytes the device wrote into it.
   void push_used(std::uint16_t head, std::uint32_t written) {
     const std::size_t slot = used_index_ % layout_.size;
