@@ -48,8 +48,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   constexpr std::size_t access_size = 9;
   constexpr std::size_t max_accesses = 64;
   memory_type memory(0, 1 << 16);
-  compactor::backends::raw_file disk(disk_path(), (size & 1) != 0);
-  block_device<compactor::backends::raw_file> device(disk);
+  block_device<compactor::backends::raw_file> device(
+      compactor::backends::raw_file(disk_path(), (size & 1) != 0));
   mmio_transport<block_device<compactor::backends::raw_file>, memory_type> transport(
       device, memory, [] {});
 

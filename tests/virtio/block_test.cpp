@@ -60,12 +60,11 @@ struct blk_guest {
   plain_memory memory{0, 1 << 20};
   ring_driver driver{memory, queue_size};
   int interrupts = 0;
-  raw_file file;
-  block_device<raw_file> device{file};
+  block_device<raw_file> device;
   mmio_transport<block_device<raw_file>, plain_memory> transport{device, memory,
                                                                  [this] { ++interrupts; }};
 
-  blk_guest(const disk_image& disk, bool read_only) : file(disk.path(), read_only) {}
+  blk_guest(const disk_image& disk, bool read_only) : device(raw_file(disk.path(), read_only)) {}
 
   std::uint32_t read_register(std::uint32_t offset) {
     std::uint32_t value = 0;

@@ -39,12 +39,11 @@ struct net_guest {
   // The transmit rings sit 64 KiB above the receive rings.
   static constexpr std::uint64_t tx_offset = 0x100000;
   int interrupts = 0;
-  tap& backend;
   net_device<tap> device;
   mmio_transport<net_device<tap>, plain_memory> transport;
 
-  explicit net_guest(tap& tap_backend)
-      : backend(tap_backend), device(tap_backend, guest_mac),
+  explicit net_guest(tap backend)
+      : device(std::move(backend), guest_mac),
         transport(device, memory, [this] { ++interrupts; }) {}
 
   void write_register(std::uint32_t offset, std::uint32_t value) {
@@ -182,11 +181,12 @@ constexpr std::uint64_t modern = feature_bit(VIRTIO_F_VERSION_1);
 TEST_CASE("virtio-net: the MAC address and link status are in configuration space",
           "[unit]") {
   struct no_frames {
+    int fd() const { return -1; }
     std::size_t receive(const std::vector<iovec>&) { return 0; }
     bool send(const std::vector<iovec>&) { return true; }
     void set_offloads(unsigned) {}
   } backend;
-  net_device<no_frames> device(backend, guest_mac);
+  net_device<no_frames> device(std::move(backend), guest_mac);
   std::array<std::byte, 8> config{};
   device.read_config(0, config);
   CHECK(std::memcmp(config.data(), guest_mac.data(), 6) == 0);
@@ -198,7 +198,7 @@ TEST_CASE("virtio-net: a frame the guest sends comes out of the tap", "[needs-ro
   tap backend("ctap0");
   CHECK(backend.created());
   wire host("ctap0");
-  net_guest guest(backend);
+  net_guest guest(std::move(backend));
   guest.initialise(modern | feature_bit(VIRTIO_NET_F_MAC));
 
   const auto frame = ethernet_frame({0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, "hello from the guest");
@@ -214,7 +214,7 @@ TEST_CASE("virtio-net: a frame sent into the tap lands in the guest's buffer wit
   network_namespace netns;
   tap backend("ctap0");
   wire host("ctap0");
-  net_guest guest(backend);
+  net_guest guest(std::move(backend));
   guest.initialise(modern);
   for (std::uint16_t slot = 0; slot < queue_size; ++slot) {
     guest.post_receive_buffer(slot);
@@ -238,7 +238,7 @@ TEST_CASE("virtio-net: without receive buffers frames wait in the tap, then arri
   network_namespace netns;
   tap backend("ctap0");
   wire host("ctap0");
-  net_guest guest(backend);
+  net_guest guest(std::move(backend));
   guest.initialise(modern);
 
   for (char n = '1'; n <= '3'; ++n) {

@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -58,12 +59,14 @@ public:
   static constexpr std::size_t queue_count = 1;
   static constexpr std::string_view name = "blk";
 
-  explicit block_device(Backend& backend) : backend_(&backend) {}
+  explicit block_device(Backend backend) : backend_(std::move(backend)) {}
+
+  [[nodiscard]] Backend& backend() noexcept { return backend_; }
 
   [[nodiscard]] std::uint64_t device_features() const {
     std::uint64_t features = feature_bit(VIRTIO_BLK_F_SEG_MAX) |
                              feature_bit(VIRTIO_BLK_F_BLK_SIZE) | feature_bit(VIRTIO_BLK_F_FLUSH);
-    if (backend_->read_only()) {
+    if (backend_.read_only()) {
       features |= feature_bit(VIRTIO_BLK_F_RO);
     }
     return features;
@@ -72,7 +75,7 @@ public:
   // struct virtio_blk_config (5.2.4): capacity, size_max, seg_max, geometry, blk_size.
   void read_config(std::uint32_t offset, std::span<std::byte> out) const {
     std::array<std::byte, 24> config{};
-    const std::uint64_t capacity = backend_->size_bytes() / sector_size;
+    const std::uint64_t capacity = backend_.size_bytes() / sector_size;
     const std::uint32_t seg_max = max_queue_size - 2; // header and status take two descriptors
     const std::uint32_t blk_size = sector_size;
     std::memcpy(config.data() + 0, &capacity, 8);
@@ -135,15 +138,15 @@ private:
       written = status == VIRTIO_BLK_S_OK ? static_cast<std::uint32_t>(in_data.size()) : 0;
       break;
     case VIRTIO_BLK_T_OUT:
-      status = backend_->read_only() ? VIRTIO_BLK_S_IOERR : transfer(header.sector, out_data, true);
+      status = backend_.read_only() ? VIRTIO_BLK_S_IOERR : transfer(header.sector, out_data, true);
       break;
     case VIRTIO_BLK_T_FLUSH:
-      status = backend_->flush() ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
+      status = backend_.flush() ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
       break;
     case VIRTIO_BLK_T_GET_ID: {
       // 5.2.6: up to 20 bytes, NUL-terminated only when shorter.
       std::array<std::byte, blk_id_bytes> id{};
-      const std::string_view name = backend_->id();
+      const std::string_view name = backend_.id();
       std::memcpy(id.data(), name.data(), std::min(name.size(), id.size()));
       auto target = in_data;
       written = static_cast<std::uint32_t>(target.copy_in(0, id));
@@ -159,7 +162,7 @@ private:
 
   // A read or write of whole sectors inside the disk (5.2.6.2: the device MUST fail others).
   std::uint8_t transfer(std::uint64_t sector, const scattered_bytes& data, bool writing) {
-    const std::uint64_t capacity = backend_->size_bytes() / sector_size;
+    const std::uint64_t capacity = backend_.size_bytes() / sector_size;
     const std::uint64_t sectors = data.size() / sector_size;
     if (data.size() % sector_size != 0 || sector > capacity || sectors > capacity - sector) {
       log_malformed(fmt::format("{} of {} bytes at sector {} on a disk of {} sectors",
@@ -167,8 +170,8 @@ private:
       return VIRTIO_BLK_S_IOERR;
     }
     const auto iovecs = data.iovecs();
-    const bool done = writing ? backend_->write(sector * sector_size, iovecs)
-                              : backend_->read(sector * sector_size, iovecs);
+    const bool done = writing ? backend_.write(sector * sector_size, iovecs)
+                              : backend_.read(sector * sector_size, iovecs);
     return done ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
   }
 
@@ -179,7 +182,7 @@ private:
     }
   }
 
-  Backend* backend_;
+  Backend backend_;
   std::uint64_t malformed_requests_ = 0;
 };
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <span>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -22,8 +23,9 @@
 namespace compactor::virtio {
 
 template <typename Backend>
-concept frame_backend = requires(Backend& backend, const std::vector<iovec>& buffers,
-                                 unsigned flags) {
+concept frame_backend = requires(Backend& backend, const Backend& const_backend,
+                                 const std::vector<iovec>& buffers, unsigned flags) {
+  { const_backend.fd() } -> std::same_as<int>; // readable when frames wait
   { backend.receive(buffers) } -> std::same_as<std::size_t>;
   { backend.send(buffers) } -> std::same_as<bool>;
   backend.set_offloads(flags);
@@ -49,8 +51,9 @@ using mac_address = std::array<std::uint8_t, 6>;
 template <typename Backend>
 class net_device {
   static_assert(frame_backend<Backend>,
-                "a frame backend needs receive(iovecs) returning the frame size or 0, "
-                "send(iovecs) returning false when refused, and set_offloads(TUN_F_* flags)");
+                "a frame backend needs fd() (readable when frames wait), receive(iovecs) "
+                "returning the frame size or 0, send(iovecs) returning false when refused, and "
+                "set_offloads(TUN_F_* flags)");
 
 public:
   static constexpr std::uint32_t device_id = 1;
@@ -59,7 +62,13 @@ public:
   static constexpr std::size_t receive_queue = 0;
   static constexpr std::size_t transmit_queue = 1;
 
-  net_device(Backend& backend, const mac_address& mac) : backend_(&backend), mac_(mac) {}
+  // Frames waiting in the backend are for the receive queue (see mmio_device).
+  static constexpr std::size_t input_queue = receive_queue;
+
+  net_device(Backend backend, const mac_address& mac) : backend_(std::move(backend)), mac_(mac) {}
+
+  [[nodiscard]] Backend& backend() noexcept { return backend_; }
+  [[nodiscard]] int input_fd() const { return backend_.fd(); }
 
   [[nodiscard]] std::uint64_t device_features() const {
     return feature_bit(VIRTIO_NET_F_MAC) | feature_bit(VIRTIO_NET_F_STATUS) |
@@ -93,10 +102,10 @@ public:
         offloads |= TUN_F_TSO6;
       }
     }
-    backend_->set_offloads(offloads);
+    backend_.set_offloads(offloads);
   }
 
-  void reset() { backend_->set_offloads(0); }
+  void reset() { backend_.set_offloads(0); }
 
   // Queue 0: the driver added receive buffers, or the backend has frames (the machine calls
   // this when the tap becomes readable). Queue 1: the driver queued frames to send.
@@ -122,7 +131,7 @@ private:
         const auto buffers = map_chain(memory, *chain);
         if (buffers.readable.size() < net_header_size || buffers.writable.size() != 0) {
           count_drop("transmit chain without a header, or with device-writable buffers");
-        } else if (!backend_->send(buffers.readable.iovecs())) {
+        } else if (!backend_.send(buffers.readable.iovecs())) {
           count_drop("the tap refused a frame");
         }
       }
@@ -157,7 +166,7 @@ private:
         used = true;
         continue;
       }
-      const std::size_t size = backend_->receive(buffers.writable.iovecs());
+      const std::size_t size = backend_.receive(buffers.writable.iovecs());
       if (size == 0) {
         queue.unpop();
         return used;
@@ -176,7 +185,7 @@ private:
     }
   }
 
-  Backend* backend_;
+  Backend backend_;
   mac_address mac_;
   std::uint64_t dropped_frames_ = 0;
   bool receive_blocked_ = false;
