@@ -1,0 +1,519 @@
+// A freestanding 64-bit guest that tests the VMM from the inside. The kernel command line
+// picks what it does (`probe=<name>`); it reports over the COM1 UART and ends through the exit
+// port with a status. Every vCPU enters at _start (64-bit boot protocol) or pvh_start (PVH,
+// 32-bit, announced by a Xen ELF note, which is also how QEMU boots it); the bootstrap vCPU
+// runs the probe, the others report their local APIC id and halt.
+//
+// Built with -mgeneral-regs-only and without SSE: the emulating KVM of the test machines runs
+// every instruction in software and rejects XSAVE, INT3, CLAC/STAC and CMPXCHG16B.
+
+#include <stddef.h>
+#include <stdint.h>
+
+asm(R"(
+  .pushsection .text.entry, "ax"
+  .globl _start
+_start:                        /* 64-bit boot protocol: %rsi = zero page */
+  xorl %edx, %edx
+common_64:
+  movl $0xfee00020, %eax      /* local APIC ID register; the id is in bits 31:24 */
+  movl (%rax), %eax
+  shrl $24, %eax
+  leal 1(%rax), %ecx
+  shll $12, %ecx
+  movq $probe_stacks, %rsp
+  addq %rcx, %rsp              /* a 4 KiB stack per APIC id */
+  movq %rsi, %rdi
+  movl %eax, %esi
+  call probe_main
+  movw $0x501, %dx
+  outb %al, %dx
+1:
+  cli
+  hlt
+  jmp 1b
+
+  .code32
+pvh_start:                     /* PVH: 32-bit protected mode, no paging, %ebx = start info */
+  movl %ebx, %esi
+  lgdt pvh_gdt_descriptor
+  movl %cr4, %eax
+  orl $0x20, %eax              /* PAE */
+  movl %eax, %cr4
+  movl $pvh_pml4, %eax
+  movl %eax, %cr3
+  movl $0xc0000080, %ecx       /* EFER.LME */
+  rdmsr
+  orl $0x100, %eax
+  wrmsr
+  movl %cr0, %eax
+  orl $0x80000001, %eax        /* PG, PE */
+  movl %eax, %cr0
+  ljmp $0x08, $pvh_64
+  .code64
+pvh_64:
+  movw $0x10, %ax
+  movw %ax, %ds
+  movw %ax, %es
+  movw %ax, %ss
+  movl %esi, %esi
+  movl $1, %edx
+  jmp common_64
+  .popsection
+
+  .pushsection .note.Xen, "a", @note
+  .balign 4
+  .long 4, 4, 18               /* name size, descriptor size, XEN_ELFNOTE_PHYS32_ENTRY */
+  .asciz "Xen"
+  .long pvh_start
+  .balign 4
+  .popsection
+
+  .pushsection .data.pvh, "aw"
+  .balign 8
+pvh_gdt:
+  .quad 0, 0x00af9a000000ffff, 0x00cf92000000ffff
+pvh_gdt_descriptor:
+  .word 23
+  .long pvh_gdt
+  .balign 4096
+pvh_pml4:                      /* identity map of the low 4 GiB in 2 MiB pages */
+  .quad pvh_pdpt + 3
+  .fill 511, 8, 0
+pvh_pdpt:
+  .quad pvh_pd + 3, pvh_pd + 0x1003, pvh_pd + 0x2003, pvh_pd + 0x3003
+  .fill 508, 8, 0
+pvh_pd:
+  .set page, 0
+  .rept 2048
+  .quad page + 0x83
+  .set page, page + 0x200000
+  .endr
+  .popsection
+)");
+
+
+namespace {
+
+constexpr uint16_t com1 = 0x3f8;
+constexpr uint16_t exit_port = 0x501;
+
+inline void outb(uint16_t port, uint8_t value) {
+  asm volatile("outb %0, %1" : : "a"(value), "Nd"(port));
+}
+inline uint8_t inb(uint16_t port) {
+  uint8_t value;
+  asm volatile("inb %1, %0" : "=a"(value) : "Nd"(port));
+  return value;
+}
+inline uint32_t inl(uint16_t port) {
+  uint32_t value;
+  asm volatile("inl %1, %0" : "=a"(value) : "Nd"(port));
+  return value;
+}
+
+void put(char c) {
+  while ((inb(com1 + 5) & 0x20) == 0) {
+  }
+  outb(com1, static_cast<uint8_t>(c));
+}
+void print(const char* text) {
+  while (*text != 0) {
+    put(*text++);
+  }
+}
+void print_hex(uint64_t value) {
+  print("0x");
+  bool started = false;
+  for (int shift = 60; shift >= 0; shift -= 4) {
+    const unsigned digit = (value >> shift) & 0xf;
+    if (digit != 0 || started || shift == 0) {
+      started = true;
+      put(static_cast<char>(digit < 10 ? '0' + digit : 'a' + digit - 10));
+    }
+  }
+}
+void print_decimal(uint64_t value) {
+  char digits[21];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value != 0);
+  while (n > 0) {
+    put(digits[--n]);
+  }
+}
+
+template <typename T>
+T read(const uint8_t* base, size_t offset) {
+  T value = 0;
+  for (size_t i = 0; i < sizeof(T); ++i) {
+    value |= static_cast<T>(static_cast<T>(base[offset + i]) << (8 * i));
+  }
+  return value;
+}
+
+size_t length(const char* text) {
+  size_t n = 0;
+  while (text[n] != 0) {
+    ++n;
+  }
+  return n;
+}
+
+bool starts_with(const char* text, const char* prefix) {
+  while (*prefix != 0) {
+    if (*text++ != *prefix++) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The value of `key=` in the command line, or null; values end at a space.
+const char* option(const char* cmdline, const char* key) {
+  for (const char* p = cmdline; *p != 0; ++p) {
+    if ((p == cmdline || p[-1] == ' ') && starts_with(p, key)) {
+      return p + length(key);
+    }
+  }
+  return nullptr;
+}
+bool is(const char* value, const char* word) {
+  return value != nullptr && starts_with(value, word) &&
+         (value[length(word)] == 0 || value[length(word)] == ' ');
+}
+uint64_t number(const char* value) {
+  uint64_t result = 0;
+  while (value != nullptr && *value >= '0' && *value <= '9') {
+    result = result * 10 + static_cast<uint64_t>(*value++ - '0');
+  }
+  return result;
+}
+
+// --- several vCPUs --------------------------------------------------------------------------
+
+volatile uint32_t print_lock = 0;
+volatile uint32_t reported = 0;
+
+void lock() {
+  while (__atomic_exchange_n(&print_lock, 1u, __ATOMIC_ACQUIRE) != 0) {
+  }
+}
+void unlock() { __atomic_store_n(&print_lock, 0u, __ATOMIC_RELEASE); }
+
+void cpuid(uint32_t leaf, uint32_t& a, uint32_t& b, uint32_t& c, uint32_t& d) {
+  asm volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(0));
+}
+
+// The local APIC's id, and the one CPUID leaf 1 reports for this vCPU.
+void report_cpu(uint32_t apic_id) {
+  uint32_t a, b, c, d;
+  cpuid(1, a, b, c, d);
+  lock();
+  print("cpu ");
+  print_decimal(apic_id);
+  print(" cpuid ");
+  print_decimal(b >> 24);
+  put('\n');
+  unlock();
+  __atomic_fetch_add(&reported, 1u, __ATOMIC_ACQ_REL);
+}
+
+// --- interrupts -----------------------------------------------------------------------------
+
+struct interrupt_frame;
+
+volatile uint32_t irq4_count = 0;
+volatile uint32_t irq5_count = 0;
+
+__attribute__((interrupt)) void irq4_handler(interrupt_frame*) {
+  inb(com1 + 2);      // IIR: reading it acknowledges the THRE interrupt
+  outb(com1 + 1, 0);  // IER: no more interrupts
+  irq4_count = irq4_count + 1;
+  outb(0x20, 0x20);   // non-specific EOI to the master PIC
+}
+
+__attribute__((interrupt)) void irq5_handler(interrupt_frame*) {
+  irq5_count = irq5_count + 1;
+  outb(0x20, 0x20);
+}
+
+struct [[gnu::packed]] idt_gate {
+  uint16_t offset_low;
+  uint16_t selector;
+  uint8_t ist;
+  uint8_t type;
+  uint16_t offset_middle;
+  uint32_t offset_high;
+  uint32_t reserved;
+};
+idt_gate idt[48];
+
+void set_gate(unsigned vector, void (*handler)(interrupt_frame*)) {
+  const auto address = reinterpret_cast<uint64_t>(handler);
+  uint16_t cs;
+  asm volatile("mov %%cs, %0" : "=r"(cs));
+  idt[vector] = {static_cast<uint16_t>(address), cs, 0, 0x8e,
+                 static_cast<uint16_t>(address >> 16), static_cast<uint32_t>(address >> 32), 0};
+}
+
+void load_idt(const void* base, uint16_t limit) {
+  struct [[gnu::packed]] {
+    uint16_t limit;
+    uint64_t base;
+  } descriptor{limit, reinterpret_cast<uint64_t>(base)};
+  asm volatile("lidt %0" : : "m"(descriptor));
+}
+
+// 8259A initialisation (ICW1-ICW4): vectors 0x20-0x2f, all lines masked except `unmasked`.
+void program_pic(uint8_t master_mask) {
+  outb(0x20, 0x11);
+  outb(0xa0, 0x11);
+  outb(0x21, 0x20);
+  outb(0xa1, 0x28);
+  outb(0x21, 0x04);
+  outb(0xa1, 0x02);
+  outb(0x21, 0x01);
+  outb(0xa1, 0x01);
+  outb(0x21, master_mask);
+  outb(0xa1, 0xff);
+}
+
+bool wait_for(volatile uint32_t& counter) {
+  for (uint32_t spins = 0; spins < 200000; ++spins) {
+    asm volatile("sti; hlt; cli");
+    if (counter != 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+int probe_irq() {
+  set_gate(0x24, irq4_handler);
+  set_gate(0x25, irq5_handler);
+  load_idt(idt, sizeof idt - 1);
+  program_pic(static_cast<uint8_t>(~((1u << 4) | (1u << 5))));
+
+  outb(com1 + 4, 0x08); // MCR.OUT2 connects the UART's interrupt to the PIC
+  outb(com1 + 1, 0x02); // IER.ETBEI: the empty transmitter raises IRQ 4 at once
+  if (!wait_for(irq4_count)) {
+    print("irq4 missing\n");
+    return 1;
+  }
+  print("irq4 ");
+  print_decimal(irq4_count);
+  print("\nready for irq5\n");
+  if (!wait_for(irq5_count)) {
+    print("irq5 missing\n");
+    return 2;
+  }
+  print("irq5 ");
+  print_decimal(irq5_count);
+  put('\n');
+  return 0;
+}
+
+// --- the UART from the guest's side ---------------------------------------------------------
+
+int probe_serial() {
+  outb(com1 + 3, 0x80); // DLAB
+  outb(com1 + 0, 0x01); // 115200 baud
+  outb(com1 + 1, 0x00);
+  if (inb(com1 + 0) != 0x01 || inb(com1 + 1) != 0x00) {
+    return 1;
+  }
+  outb(com1 + 3, 0x03); // 8N1, DLAB off
+  outb(com1 + 7, 0x5a);
+  if (inb(com1 + 7) != 0x5a) {
+    return 2;
+  }
+  // Linux's 8250 probe: in loopback, MSR's upper nibble mirrors MCR's outputs.
+  outb(com1 + 4, 0x10 | 0x0a);
+  if ((inb(com1 + 6) & 0xf0) != 0x90) {
+    return 3;
+  }
+  outb(com1 + 0, 'L');
+  if ((inb(com1 + 5) & 0x01) == 0 || inb(com1 + 0) != 'L') {
+    return 4;
+  }
+  outb(com1 + 4, 0x03);
+  outb(com1 + 2, 0x07); // enable and clear the FIFOs
+  if ((inb(com1 + 2) & 0xc0) != 0xc0) {
+    return 5;
+  }
+  print("serial ok\n");
+  return 0;
+}
+
+// --- what the VMM handed over ---------------------------------------------------------------
+
+// The boot information of either entry: the zero page of the 64-bit boot protocol
+// (Documentation/x86/zero-page.rst) or the PVH start info (Xen's
+// xen/include/public/arch-x86/hvm/start_info.h).
+struct boot_info {
+  const uint8_t* base;
+  bool pvh;
+
+  const char* cmdline() const {
+    const uint64_t address = pvh ? read<uint64_t>(base, 0x18) : read<uint32_t>(base, 0x228);
+    return reinterpret_cast<const char*>(address);
+  }
+  unsigned memory_map_entries() const { return pvh ? read<uint32_t>(base, 0x30) : base[0x1e8]; }
+  const uint8_t* memory_map_entry(unsigned i) const {
+    if (pvh) {
+      return reinterpret_cast<const uint8_t*>(read<uint64_t>(base, 0x28)) + i * 24;
+    }
+    return base + 0x2d0 + i * 20;
+  }
+  uint64_t initrd_address() const {
+    if (pvh) {
+      return read<uint32_t>(base, 0x0c) == 0
+                 ? 0
+                 : read<uint64_t>(reinterpret_cast<const uint8_t*>(read<uint64_t>(base, 0x10)), 0);
+    }
+    return read<uint32_t>(base, 0x218);
+  }
+  uint64_t initrd_size() const {
+    if (pvh) {
+      return read<uint32_t>(base, 0x0c) == 0
+                 ? 0
+                 : read<uint64_t>(reinterpret_cast<const uint8_t*>(read<uint64_t>(base, 0x10)), 8);
+    }
+    return read<uint32_t>(base, 0x21c);
+  }
+};
+
+int probe_boot(const boot_info& info) {
+  print(info.pvh ? "entry pvh\n" : "entry 64-bit\n");
+  for (unsigned i = 0; i < info.memory_map_entries(); ++i) {
+    const uint8_t* entry = info.memory_map_entry(i);
+    print("e820 ");
+    print_hex(read<uint64_t>(entry, 0));
+    put(' ');
+    print_hex(read<uint64_t>(entry, 8));
+    put(' ');
+    print_decimal(read<uint32_t>(entry, 16));
+    put('\n');
+  }
+  print("cmdline ");
+  print(info.cmdline());
+  put('\n');
+
+  const uint64_t initrd = info.initrd_address();
+  const uint64_t size = info.initrd_size();
+  uint32_t hash = 2166136261u; // FNV-1a
+  for (uint64_t i = 0; i < size; ++i) {
+    hash = (hash ^ reinterpret_cast<const volatile uint8_t*>(initrd)[i]) * 16777619u;
+  }
+  print("initrd ");
+  print_hex(initrd);
+  put(' ');
+  print_decimal(size);
+  put(' ');
+  print_hex(hash);
+  put('\n');
+  return 0;
+}
+
+// --- misbehaviour ---------------------------------------------------------------------------
+
+int probe_unknown_port() {
+  outb(0x1234, 0x42);
+  const bool ok = inb(0x1234) == 0xff && inl(0x1238) == 0xffffffffu;
+  return ok ? 0 : 1;
+}
+
+int probe_unmapped_mmio() {
+  auto* hole = reinterpret_cast<volatile uint32_t*>(0xe0000000ull);
+  hole[0] = 0x12345678;
+  return hole[1] == 0xffffffffu ? 0 : 1;
+}
+
+[[noreturn]] void probe_triple_fault() {
+  load_idt(nullptr, 0); // no gate for any exception: #UD -> #GP -> double fault -> shutdown
+  asm volatile("ud2");
+  __builtin_unreachable();
+}
+
+[[noreturn]] void halt_forever() {
+  for (;;) {
+    asm volatile("cli; hlt");
+  }
+}
+
+} // namespace
+
+extern "C" {
+
+alignas(16) uint8_t probe_stacks[33 * 4096];
+
+int probe_main(const uint8_t* boot_information, uint32_t apic_id, uint32_t pvh) {
+  if (apic_id != 0) {
+    report_cpu(apic_id);
+    halt_forever();
+  }
+  const boot_info info{boot_information, pvh != 0};
+  const char* cmdline = info.cmdline();
+  const char* name = option(cmdline, "probe=");
+
+  if (is(name, "boot")) {
+    return probe_boot(info);
+  }
+  if (is(name, "exit")) {
+    return static_cast<int>(number(option(cmdline, "status=")));
+  }
+  if (is(name, "serial")) {
+    return probe_serial();
+  }
+  if (is(name, "irq")) {
+    return probe_irq();
+  }
+  if (is(name, "reset")) {
+    outb(0x64, 0xfe);
+    halt_forever();
+  }
+  if (is(name, "smp")) {
+    const uint64_t cpus = number(option(cmdline, "cpus="));
+    report_cpu(apic_id);
+    while (reported < cpus) {
+    }
+    return 0;
+  }
+  if (is(name, "cpuid")) {
+    uint32_t a, b, c, d;
+    cpuid(0x40000000, a, b, c, d);
+    const uint32_t signature[4] = {b, c, d, 0};
+    print("hypervisor ");
+    print(reinterpret_cast<const char*>(signature));
+    cpuid(1, a, b, c, d);
+    print(c >> 31 ? " flag\n" : " no-flag\n");
+    return 0;
+  }
+  if (is(name, "string-io")) {
+    // One OUTSB exit with a count above one: the VMM must hand each byte to the device.
+    static const char text[] = "rep outsb ok\n";
+    const char* source = text;
+    size_t count = sizeof text - 1;
+    asm volatile("rep outsb" : "+S"(source), "+c"(count) : "d"(com1) : "memory");
+    return 0;
+  }
+  if (is(name, "unknown-port")) {
+    return probe_unknown_port();
+  }
+  if (is(name, "unmapped-mmio")) {
+    return probe_unmapped_mmio();
+  }
+  if (is(name, "triple-fault")) {
+    probe_triple_fault();
+  }
+  if (is(name, "hang")) {
+    halt_forever();
+  }
+  print("unknown probe\n");
+  return 99;
+}
+
+} // extern "C"
