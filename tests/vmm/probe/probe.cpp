@@ -444,6 +444,171 @@ int probe_unmapped_mmio() {
   }
 }
 
+// --- virtio-blk from the driver's side (virtio 1.2, 4.2.3 and 5.2) ----------------------------
+
+uint64_t hex_number(const char* value) {
+  uint64_t result = 0;
+  if (value != nullptr && value[0] == '0' && value[1] == 'x') {
+    value += 2;
+  }
+  for (; value != nullptr; ++value) {
+    const char c = *value;
+    const int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (digit < 0) {
+      break;
+    }
+    result = result * 16 + static_cast<uint64_t>(digit);
+  }
+  return result;
+}
+
+// The first `virtio_mmio.device=<size>@<base>:<irq>` entry the VMM put on the command line.
+uint64_t virtio_base(const char* cmdline) {
+  const char* entry = option(cmdline, "virtio_mmio.device=");
+  while (entry != nullptr && *entry != 0 && *entry != '@') {
+    ++entry;
+  }
+  return entry != nullptr && *entry == '@' ? hex_number(entry + 1) : 0;
+}
+
+struct [[gnu::packed]] virtq_desc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags;
+  uint16_t next;
+};
+
+constexpr uint16_t blk_queue_size = 8;
+
+struct blk_queue {
+  alignas(4096) virtq_desc desc[blk_queue_size];
+  alignas(4096) volatile uint16_t avail[2 + blk_queue_size + 1];
+  alignas(4096) volatile uint16_t used[2 + 4 * blk_queue_size + 1];
+  alignas(16) uint8_t header[16];
+  alignas(512) uint8_t data[512];
+  volatile uint8_t status;
+};
+blk_queue blk;
+uint64_t virtio_window = 0;
+volatile uint32_t virtio_irq_count = 0;
+
+volatile uint32_t& virtio_register(uint32_t offset) {
+  return *reinterpret_cast<volatile uint32_t*>(virtio_window + offset);
+}
+
+__attribute__((interrupt)) void virtio_irq_handler(interrupt_frame*) {
+  const uint32_t pending = virtio_register(0x060); // InterruptStatus
+  virtio_register(0x064) = pending;                // InterruptACK
+  virtio_irq_count = virtio_irq_count + 1;
+  outb(0x20, 0x20);
+}
+
+// Feature negotiation (VERSION_1 only) and queue 0, as 3.1.1 orders the steps.
+bool blk_initialise() {
+  if (virtio_register(0x000) != 0x74726976 || virtio_register(0x004) != 2 ||
+      virtio_register(0x008) != 2) {
+    return false;
+  }
+  virtio_register(0x070) = 0;
+  virtio_register(0x070) = 1 | 2; // ACKNOWLEDGE, DRIVER
+  virtio_register(0x024) = 0;     // DriverFeaturesSel
+  virtio_register(0x020) = 0;
+  virtio_register(0x024) = 1;
+  virtio_register(0x020) = 1; // VERSION_1 (bit 32)
+  virtio_register(0x070) = 1 | 2 | 8;
+  if ((virtio_register(0x070) & 8) == 0) {
+    return false;
+  }
+  virtio_register(0x030) = 0; // QueueSel
+  if (virtio_register(0x034) < blk_queue_size) {
+    return false;
+  }
+  virtio_register(0x038) = blk_queue_size;
+  const auto address = [](const volatile void* p) { return reinterpret_cast<uint64_t>(p); };
+  virtio_register(0x080) = static_cast<uint32_t>(address(blk.desc));
+  virtio_register(0x084) = static_cast<uint32_t>(address(blk.desc) >> 32);
+  virtio_register(0x090) = static_cast<uint32_t>(address(blk.avail));
+  virtio_register(0x094) = static_cast<uint32_t>(address(blk.avail) >> 32);
+  virtio_register(0x0a0) = static_cast<uint32_t>(address(blk.used));
+  virtio_register(0x0a4) = static_cast<uint32_t>(address(blk.used) >> 32);
+  virtio_register(0x044) = 1; // QueueReady
+  if (virtio_register(0x044) != 1) {
+    return false;
+  }
+  virtio_register(0x070) = 1 | 2 | 8 | 4; // DRIVER_OK
+  return true;
+}
+
+// One request: header, then 512 data bytes unless it is a flush, then the status byte.
+// Returns the status, or 0xee when the device did not answer.
+uint8_t blk_request(uint32_t type, uint64_t sector) {
+  const uint32_t header[4] = {type, 0, static_cast<uint32_t>(sector),
+                              static_cast<uint32_t>(sector >> 32)};
+  for (unsigned i = 0; i < 16; ++i) {
+    blk.header[i] = reinterpret_cast<const uint8_t*>(header)[i];
+  }
+  const bool flush = type == 4;
+  const uint16_t next = 1, write = 2;
+  blk.desc[0] = {reinterpret_cast<uint64_t>(blk.header), 16, next,
+                 static_cast<uint16_t>(flush ? 2 : 1)};
+  blk.desc[1] = {reinterpret_cast<uint64_t>(blk.data), 512,
+                 static_cast<uint16_t>(next | (type == 0 ? write : 0)), 2};
+  blk.desc[2] = {reinterpret_cast<uint64_t>(&blk.status), 1, write, 0};
+  blk.status = 0xee;
+
+  const uint16_t index = blk.avail[1];
+  blk.avail[2 + index % blk_queue_size] = 0;
+  asm volatile("mfence" ::: "memory");
+  blk.avail[1] = static_cast<uint16_t>(index + 1);
+  asm volatile("mfence" ::: "memory");
+  virtio_register(0x050) = 0; // QueueNotify
+
+  asm volatile("sti");
+  for (uint32_t spins = 0; spins < 3000000 && blk.used[1] == index; ++spins) {
+    asm volatile("pause");
+  }
+  asm volatile("cli");
+  return blk.status;
+}
+
+int probe_virtio_blk(const char* cmdline) {
+  virtio_window = virtio_base(cmdline);
+  set_gate(0x25, virtio_irq_handler);
+  load_idt(idt, sizeof idt - 1);
+  program_pic(static_cast<uint8_t>(~(1u << 5)));
+  if (virtio_window == 0 || !blk_initialise()) {
+    print("blk set-up failed\n");
+    return 1;
+  }
+  print("blk ready\n");
+
+  const uint8_t read_status = blk_request(0, 0);
+  uint32_t hash = 2166136261u;
+  for (const uint8_t byte : blk.data) {
+    hash = (hash ^ byte) * 16777619u;
+  }
+  print("blk read ");
+  print_decimal(read_status);
+  put(' ');
+  print_hex(hash);
+  put('\n');
+
+  static const char pattern[] = "written by the probe ";
+  for (unsigned i = 0; i < 512; ++i) {
+    blk.data[i] = static_cast<uint8_t>(pattern[i % (sizeof pattern - 1)]);
+  }
+  print("blk write ");
+  print_decimal(blk_request(1, 1));
+  print("\nblk flush ");
+  print_decimal(blk_request(4, 0));
+  print("\nblk beyond ");
+  print_decimal(blk_request(0, 1ull << 40));
+  print("\nblk irqs ");
+  print_decimal(virtio_irq_count > 0 ? 1 : 0);
+  put('\n');
+  return 0;
+}
+
 } // namespace
 
 extern "C" {
@@ -508,6 +673,9 @@ int probe_main(const uint8_t* boot_information, uint32_t apic_id, uint32_t pvh) 
   }
   if (is(name, "triple-fault")) {
     probe_triple_fault();
+  }
+  if (is(name, "virtio-blk")) {
+    return probe_virtio_blk(cmdline);
   }
   if (is(name, "hang")) {
     halt_forever();
