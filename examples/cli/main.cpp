@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "boot_command.hpp"
 #include "host_check_command.hpp"
 
 namespace {
@@ -23,6 +24,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
 
   auto host_check = compactor::commands::add_host_check(app);
+  compactor::commands::boot_command boot;
+  compactor::commands::add_boot(app, boot);
 
   try {
     app.parse(argc, argv);
@@ -38,6 +41,9 @@ int main(int argc, char** argv) {
   try {
     if (host_check->parsed()) {
       return host_check.run();
+    }
+    if (boot.parsed()) {
+      return boot.run();
     }
     std::fputs(app.help().c_str(), stdout);
     return 0;

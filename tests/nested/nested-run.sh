@@ -81,8 +81,7 @@ cat >"$root/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# /tmp and /run stay on the initramfs (writable already): files copied in under /tmp stay seen.
 for module in irqbypass kvm kvm-amd tun; do
   insmod /modules/$module.ko || echo "nested-run: insmod $module failed"
 done

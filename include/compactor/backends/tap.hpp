@@ -5,10 +5,12 @@
 // translation happens between the guest's rings and the tap.
 #pragma once
 
-#include <fcntl.h>
-#include <linux/if.h>
-#include <linux/if_tun.h>
+// <net/if.h> before any <linux/...> header that pulls in <linux/if.h>: in that order the
+// kernel header leaves glibc's definitions alone.
 #include <net/if.h>
+
+#include <fcntl.h>
+#include <linux/if_tun.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>

@@ -53,7 +53,9 @@ inline std::vector<std::string> qemu_arguments(const guest_spec& spec, bool use_
                                                const std::string& program) {
   std::vector<std::string> arguments = {
       program,
-      "-M", "microvm,pit=on,pic=on,rtc=on",
+      // acpi=off: only then does QEMU declare its virtio-mmio devices on the kernel command
+      // line, which is how a kernel without ACPI (ours) finds them.
+      "-M", "microvm,acpi=off,pit=on,pic=on,rtc=on",
       "-accel", use_kvm ? "kvm" : "tcg",
       "-cpu", use_kvm ? "host" : "max",
       "-m", std::to_string(spec.memory_mib),

@@ -25,6 +25,9 @@ struct layer {
   // the end when they do not match, so a consumer must commit its output only once every
   // reader it opened has reached its end.
   std::function<byte_reader()> open;
+  // sha256 of the uncompressed tar (the config's rootfs.diff_ids entry); equal to `digest`
+  // for an uncompressed layer.
+  std::string diff_id;
 };
 
 } // namespace compactor::image

@@ -13,8 +13,10 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -58,18 +60,30 @@ concept has_backend_input = requires(const Device& device) {
   { Device::input_queue } -> std::convertible_to<std::size_t>;
 };
 
-template <typename Device>
+// `Slot` tells apart several devices of one type in a machine (two disks, say). A slot built
+// without arguments holds no device: the driver finds DeviceID 0 there and leaves it alone
+// (4.2.3.1.1), which is how a machine type with room for four disks runs with one.
+template <typename Device, unsigned Slot = 0>
 class mmio_device {
 public:
   static constexpr std::string_view name = Device::name;
   static constexpr std::uint64_t mmio_size = mmio::window_size;
   static constexpr bool wants_irq = true;
 
+  // An empty slot.
+  mmio_device() = default;
+
   template <typename... Arguments>
+    requires(sizeof...(Arguments) > 0)
   explicit mmio_device(Arguments&&... arguments)
       : device_(std::make_unique<Device>(std::forward<Arguments>(arguments)...)) {}
 
+  [[nodiscard]] bool present() const noexcept { return device_ != nullptr; }
+
   void attach(vmm::device_context& context, const vmm::device_slot& slot) {
+    if (!present()) {
+      return;
+    }
     context_ = &context;
     slot_ = slot;
     if (context.memory() == nullptr) {
@@ -90,17 +104,31 @@ public:
   }
 
   void mmio_read(std::uint64_t offset, std::span<std::uint8_t> data) {
-    transport_->read(offset, std::as_writable_bytes(data));
+    if (present()) {
+      transport_->read(offset, std::as_writable_bytes(data));
+      return;
+    }
+    // An empty slot: the magic value and version, then DeviceID 0 and zeros.
+    std::fill(data.begin(), data.end(), std::uint8_t{0});
+    const std::uint32_t value = offset == mmio::MagicValue ? mmio::magic
+                                : offset == mmio::Version  ? mmio::version
+                                                           : 0;
+    if (data.size() == 4) {
+      std::memcpy(data.data(), &value, sizeof value);
+    }
   }
 
   void mmio_write(std::uint64_t offset, std::span<const std::uint8_t> data) {
-    transport_->write(offset, std::as_bytes(data));
+    if (present()) {
+      transport_->write(offset, std::as_bytes(data));
+    }
   }
 
   [[nodiscard]] std::string cmdline_fragment(const vmm::device_slot& slot) const {
     return vmm::virtio_mmio_cmdline(slot);
   }
 
+  // Only for a slot that holds a device.
   [[nodiscard]] Device& device() noexcept { return *device_; }
 
 private:

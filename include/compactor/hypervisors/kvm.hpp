@@ -1,0 +1,118 @@
+// Our own VMM as the hypervisor: the machine of include/compactor/vmm with the standard
+// device set of a Compactor guest.
+//
+//   COM1 console -> the host's console descriptor
+//   i8042        -> `reboot=k` ends the run
+//   exit device  -> the init's status and boot marker (guest/protocol.hpp)
+//   virtio-blk   -> up to four disks (empty slots are invisible to the guest)
+//   virtio-net   -> a tap, when one is given
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include <fmt/format.h>
+
+#include <compactor/backends/raw_file.hpp>
+#include <compactor/backends/tap.hpp>
+#include <compactor/devices/exit_device.hpp>
+#include <compactor/devices/i8042.hpp>
+#include <compactor/devices/serial_output.hpp>
+#include <compactor/devices/uart_16550.hpp>
+#include <compactor/hypervisors/guest_spec.hpp>
+#include <compactor/hypervisors/qemu.hpp>
+#include <compactor/support/error.hpp>
+#include <compactor/virtio/block.hpp>
+#include <compactor/virtio/mmio_device.hpp>
+#include <compactor/virtio/net.hpp>
+#include <compactor/vmm/machine.hpp>
+
+namespace compactor::hypervisors {
+
+inline constexpr std::size_t max_disks = 4;
+
+template <unsigned Slot>
+using disk_slot = virtio::mmio_device<virtio::block_device<backends::raw_file>, Slot>;
+using network_slot = virtio::mmio_device<virtio::net_device<backends::tap>>;
+
+using standard_machine =
+    vmm::machine<devices::uart_16550<devices::fd_output>, devices::i8042, devices::exit_device,
+                 disk_slot<0>, disk_slot<1>, disk_slot<2>, disk_slot<3>, network_slot>;
+
+// A locally administered MAC address derived from the tap's name, so a guest keeps its address
+// from one run to the next.
+inline virtio::mac_address mac_for(const std::string& tap_name) {
+  std::uint32_t hash = 2166136261u;
+  for (const char c : tap_name) {
+    hash = (hash ^ static_cast<std::uint8_t>(c)) * 16777619u;
+  }
+  return {0x02, 0xc0, static_cast<std::uint8_t>(hash >> 24), static_cast<std::uint8_t>(hash >> 16),
+          static_cast<std::uint8_t>(hash >> 8), static_cast<std::uint8_t>(hash)};
+}
+
+struct kvm_options {
+  int console_fd = STDOUT_FILENO;
+  std::optional<std::chrono::milliseconds> timeout;
+  std::function<void(std::string_view)> log; // the machine's warnings; default stderr
+};
+
+class kvm_runner {
+public:
+  explicit kvm_runner(kvm_options options = {}) : options_(std::move(options)) {}
+
+  run_result run(const guest_spec& spec) {
+    if (spec.disks.size() > max_disks) {
+      throw compactor::error(fmt::format("at most {} disks", max_disks));
+    }
+    vmm::machine_config config;
+    config.vcpus = spec.vcpus;
+    config.memory_size = std::uint64_t{spec.memory_mib} * vmm::layout::mib;
+    config.timeout = options_.timeout;
+    config.log = options_.log;
+
+    const auto disk = [&]<unsigned Slot>() {
+      return Slot < spec.disks.size()
+                 ? disk_slot<Slot>(backends::raw_file(spec.disks[Slot].path,
+                                                      spec.disks[Slot].read_only))
+                 : disk_slot<Slot>();
+    };
+    auto network = spec.tap ? network_slot(backends::tap(*spec.tap), mac_for(*spec.tap))
+                            : network_slot();
+
+    standard_machine machine(
+        config, devices::uart_16550(devices::fd_output(unique_fd(::dup(options_.console_fd)))),
+        devices::i8042{}, devices::exit_device{}, disk.template operator()<0>(),
+        disk.template operator()<1>(), disk.template operator()<2>(),
+        disk.template operator()<3>(), std::move(network));
+    machine_ = &machine;
+    machine.load_linux(spec.kernel, spec.initrd,
+                       fmt::format("panic=-1 quiet {}", // the machine adds console= and reboot=
+                                   spec.guest_parameters));
+    const auto report = machine.run();
+    machine_ = nullptr;
+
+    run_result result;
+    if (report.outcome == vmm::run_outcome::exited) {
+      result.status = report.exit_status;
+    } else {
+      result.failure = report.summary();
+    }
+    return result;
+  }
+
+  // Ends a running guest (from another thread).
+  void stop() {
+    if (auto* machine = machine_.load()) {
+      machine->stop();
+    }
+  }
+
+private:
+  kvm_options options_;
+  std::atomic<standard_machine*> machine_{nullptr};
+};
+
+} // namespace compactor::hypervisors

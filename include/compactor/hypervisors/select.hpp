@@ -1,0 +1,75 @@
+// Which hypervisor boots the guest: our VMM where KVM can run Linux guests, else QEMU (TCG)
+// where it is installed, else nothing, with the reason.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include <compactor/host/virtualization.hpp>
+#include <compactor/support/error.hpp>
+
+namespace compactor::hypervisors {
+
+enum class hypervisor { automatic, kvm, qemu };
+
+inline hypervisor parse_hypervisor(std::string_view name) {
+  if (name == "auto") {
+    return hypervisor::automatic;
+  }
+  if (name == "kvm") {
+    return hypervisor::kvm;
+  }
+  if (name == "qemu") {
+    return hypervisor::qemu;
+  }
+  throw compactor::error(fmt::format("--hypervisor {}: expected auto, kvm or qemu", name));
+}
+
+inline bool program_on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::istringstream directories(path != nullptr ? path : "/usr/bin:/bin");
+  for (std::string directory; std::getline(directories, directory, ':');) {
+    if (::access((std::filesystem::path(directory) / name).c_str(), X_OK) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Resolves `automatic`, and refuses `kvm` up front where a Linux guest could not boot.
+inline hypervisor choose_hypervisor(hypervisor wanted,
+                                    const host::virtualization_report& host = host::probe_virtualization()) {
+  const bool qemu_installed = program_on_path("qemu-system-x86_64");
+  switch (wanted) {
+  case hypervisor::kvm:
+    if (!host.can_boot_linux()) {
+      throw compactor::error(fmt::format("--hypervisor kvm: {}", host.why_linux_cannot_boot()));
+    }
+    return hypervisor::kvm;
+  case hypervisor::qemu:
+    if (!qemu_installed) {
+      throw compactor::error("--hypervisor qemu: qemu-system-x86_64 is not installed");
+    }
+    return hypervisor::qemu;
+  case hypervisor::automatic:
+    if (host.can_boot_linux()) {
+      return hypervisor::kvm;
+    }
+    if (qemu_installed) {
+      return hypervisor::qemu;
+    }
+    throw compactor::error(fmt::format("no hypervisor can boot the guest: {}, and "
+                                       "qemu-system-x86_64 is not installed",
+                                       host.why_linux_cannot_boot()));
+  }
+  return hypervisor::qemu;
+}
+
+} // namespace compactor::hypervisors
