@@ -10,16 +10,14 @@
 
 #include <compactor/image/resolve.hpp>
 
+#include "image_options.hpp"
+
 namespace compactor::commands {
 
 struct inspect_command {
   CLI::App* app = nullptr;
   std::string reference;
-  std::string platform = "linux/amd64";
-  std::string docker_host;
-  std::string ca_file;
-  bool plain_http = false;
-  bool no_daemon = false;
+  image_options source;
   bool json = false;
 
   CLI::App* operator->() const { return app; }
@@ -81,15 +79,7 @@ struct inspect_command {
 
   // Exit status 0; failures are thrown and reported by main.
   int run() const {
-    image::resolve_options options;
-    options.wanted = image::parse_platform(platform);
-    options.docker_socket =
-        docker_host.starts_with("unix://") ? docker_host.substr(7) : docker_host;
-    options.use_daemon = !no_daemon;
-    options.registry.ca_file = ca_file;
-    options.registry.plain_http = plain_http;
-
-    const auto image = image::resolve(reference, options);
+    const auto image = image::resolve(reference, source.resolve_options());
     if (json) {
       fmt::print("{}\n", to_json(image).dump(2));
     } else {
@@ -108,19 +98,7 @@ inline inspect_command add_inspect(CLI::App& app) {
                    "Image: NAME[:TAG][@DIGEST], docker://REF, docker-daemon:NAME, "
                    "docker-archive:PATH, oci:DIR[:TAG] or oci-archive:PATH[:TAG]")
       ->required();
-  command.app
-      ->add_option("--platform", command.platform,
-                   "OS/ARCH[/VARIANT] to pick from a multi-platform image")
-      ->capture_default_str();
-  command.app->add_option("--docker-host", command.docker_host,
-                          "Docker daemon socket (unix://PATH); default DOCKER_HOST or "
-                          "/var/run/docker.sock");
-  command.app->add_option("--ca-file", command.ca_file,
-                          "CA bundle trusted for registries besides the system's");
-  command.app->add_flag("--plain-http", command.plain_http,
-                        "Talk HTTP, not HTTPS, to the registry (loopback registries always do)");
-  command.app->add_flag("--no-daemon", command.no_daemon,
-                        "For a bare name, go to the registry even when a daemon answers");
+  command.source.add_to(*command.app);
   command.app->add_flag("--json", command.json, "Print one JSON object");
   return command;
 }
