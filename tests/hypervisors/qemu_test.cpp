@@ -70,3 +70,12 @@ TEST_CASE("qemu arguments: microvm with the exit device, disks and a tap", "[uni
   CHECK(has("console=ttyS0 reboot=t panic=-1 quiet rdinit=/.compactor/init"));
   CHECK(std::count(arguments.begin(), arguments.end(), "-device") == 4);
 }
+
+TEST_CASE("console filter: for a file or pipe, lines end in a plain newline", "[unit]") {
+  console_status_filter filter(true);
+  std::string shown = filter.feed("one\r\ntwo\r");
+  shown += filter.feed("\nthree\rback\r\ncompactor-init: exit status 5\r\n");
+  shown += filter.finish();
+  CHECK(shown == "one\ntwo\nthree\rback\n");
+  CHECK(filter.status() == 5);
+}

@@ -18,8 +18,32 @@ namespace compactor::hypervisors {
 
 class console_status_filter {
 public:
+  // With `plain_newlines`, the "\r\n" that the guest's serial console ends lines with becomes
+  // "\n", as suits output that goes to a file or a pipe rather than a terminal.
+  explicit console_status_filter(bool plain_newlines = false) : plain_newlines_(plain_newlines) {}
+
   // Feeds a chunk of console output; returns what should be shown of it.
   std::string feed(std::string_view chunk) {
+    std::string shown = feed_lines(chunk);
+    if (!plain_newlines_) {
+      return shown;
+    }
+    std::string plain;
+    for (const char c : shown) {
+      if (std::exchange(carriage_return_, false) && c != '\n') {
+        plain.push_back('\r');
+      }
+      if (c == '\r') {
+        carriage_return_ = true;
+      } else {
+        plain.push_back(c);
+      }
+    }
+    return plain;
+  }
+
+private:
+  std::string feed_lines(std::string_view chunk) {
     std::string shown;
     for (const char c : chunk) {
       if (std::exchange(swallow_newline_, false) && c == '\n') {
@@ -39,8 +63,15 @@ public:
     return shown;
   }
 
+public:
   // What is still held back when the console ends.
-  std::string finish() { return std::exchange(held_, {}); }
+  std::string finish() {
+    auto rest = std::exchange(held_, {});
+    if (std::exchange(carriage_return_, false)) {
+      rest.insert(rest.begin(), '\r');
+    }
+    return rest;
+  }
 
   [[nodiscard]] std::optional<int> status() const noexcept { return status_; }
 
@@ -81,6 +112,8 @@ private:
   std::string held_;
   bool at_line_start_ = true;
   bool swallow_newline_ = false;
+  bool plain_newlines_ = false;
+  bool carriage_return_ = false;
   std::optional<int> status_;
 };
 

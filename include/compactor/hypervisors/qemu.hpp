@@ -148,7 +148,7 @@ public:
     child_ = pid;
     console_write.reset();
 
-    console_status_filter filter;
+    console_status_filter filter(::isatty(options_.console_fd) == 0);
     forward_console(console_read.get(), filter);
 
     int wait_status = 0;
