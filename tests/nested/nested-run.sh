@@ -9,7 +9,8 @@
 # as a marker line and becomes this command's exit status.
 #
 # Usage: nested-run.sh [--timeout SECONDS] [--memory MIB] [--file PATH]... SCRIPT
-#   --file PATH     copy PATH into L1 at the same path (programs bring their libraries)
+#   --file PATH     copy PATH (a file or a directory) into L1 at the same path (programs
+#                   bring their libraries)
 #   SCRIPT          a shell script (busybox sh) run inside L1 as root
 # Needs: build/nested/cloud-kernel (scripts/install-dependencies.sh unpacks it),
 # qemu-system-x86_64, busybox (busybox-static), cpio.
@@ -57,6 +58,10 @@ done
 copy_with_libraries() { # PATH: the file, and for a dynamic program its loader and libraries
   local path=$1
   mkdir -p "$root$(dirname "$path")"
+  if [[ -d $path ]]; then
+    cp -a "$path" "$root$path"
+    return
+  fi
   cp -L "$path" "$root$path"
   if [[ -x $path ]] && ldd "$path" >/dev/null 2>&1; then
     ldd "$path" | grep -o '/[^ ]*' | while read -r library; do
