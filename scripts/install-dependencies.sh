@@ -17,7 +17,7 @@ packages=(
   # Test services and reference tools
   docker.io docker-registry skopeo umoci qemu-system-x86 busybox-static
   iproute2 iputils-ping zstd lz4 xz-utils gzip cpio libarchive-tools ca-certificates curl
-  apache2-utils procps psmisc time hyperfine
+  apache2-utils openssl e2fsprogs procps psmisc time hyperfine
   # Kernel build
   linux-source-6.1 bc bison flex libelf-dev libssl-dev dwarves kmod python3
 )
