@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,8 @@ struct export_command {
   std::string output;
   std::string compression = "zstd";
   std::string format = "cpio";
+  std::vector<std::string> dns;
+  bool rootfs_only = false;
   image_options source;
   launch_options launch;
   bool verbose = false;
@@ -45,7 +48,16 @@ struct export_command {
                                      : initramfs::output_format::cpio;
     options.launch = launch.overrides(command);
     options.transfers = launch.transfer_list();
+    options.dns = dns;
+    options.rootfs_only = rootfs_only;
     options.init_binary = embedded_init();
+    static_cast<void>(initramfs::resolv_conf(dns)); // refuse a bad --dns before any download
+    for (const auto& item : options.transfers) {
+      if (!std::filesystem::exists(std::filesystem::symlink_status(item.host))) {
+        throw compactor::error(fmt::format("--transfer-files: {} does not exist",
+                                           item.host.string()));
+      }
+    }
 
     const auto image = image::resolve(reference, source.resolve_options());
     const auto resolved = std::chrono::steady_clock::now();
@@ -76,6 +88,11 @@ inline void add_export(CLI::App& app, export_command& command) {
   command.app->add_option("--format", command.format, "cpio (an initramfs) or tar")
       ->check(CLI::IsMember({"cpio", "tar"}))
       ->capture_default_str();
+  command.app->add_option("--dns", command.dns, "Name servers written to /etc/resolv.conf")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  command.app->add_flag("--rootfs-only", command.rootfs_only,
+                        "Only the image's file system: no init, configuration or added files");
   command.source.add_to(*command.app);
   command.launch.add_to(*command.app);
   command.app->add_flag("-v,--verbose", command.verbose, "Say what was done and how long it took");

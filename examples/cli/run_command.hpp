@@ -211,6 +211,7 @@ struct run_command {
       }
     }
     network.gateway = gateway;
+    static_cast<void>(initramfs::resolv_conf(dns)); // refuses a loopback or malformed --dns
     network.dns = dns;
     spec.guest_parameters = guest::init_kernel_arguments() + " " +
                             guest::network_kernel_arguments(network);

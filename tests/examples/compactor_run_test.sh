@@ -76,6 +76,29 @@ else
   passed=$((passed + 1))
 fi
 
+# export: the initramfs, the image alone, a tar, and no file at all when something fails.
+check "export writes an initramfs with the init" 0 "^\.compactor/init$" -- \
+  sh -c "'$compactor' export '$demo' -o '$work/demo.cpio.gz' --compression gzip &&
+         gzip -t '$work/demo.cpio.gz' && gzip -dc '$work/demo.cpio.gz' | cpio -t --quiet"
+check "export --rootfs-only leaves the init out" 0 "^bin/busybox$" -- \
+  sh -c "'$compactor' export '$demo' --rootfs-only -o '$work/rootfs.cpio' --compression none &&
+         cpio -t --quiet <'$work/rootfs.cpio' | grep -v compactor"
+check "export --format tar" 0 "^bin/busybox$" -- \
+  sh -c "'$compactor' export '$demo' --format tar --compression none -o '$work/demo.tar' &&
+         tar -tf '$work/demo.tar'"
+check "export with a missing transfer source fails before anything is written" 125 \
+  "^compactor: --transfer-files: .* does not exist$" -- \
+  "$compactor" export "$demo" -o "$work/never.cpio" --transfer-files "$work/missing:/x"
+check "export refuses a loopback --dns" 125 "loopback resolver" -- \
+  "$compactor" export "$demo" -o "$work/never.cpio" --dns 127.0.0.53
+if [[ -e $work/never.cpio ]] || ls "$work" | grep -q '\.tmp'; then
+  echo "FAIL a failed export left a file"
+  failures=$((failures + 1))
+else
+  echo "ok   a failed export leaves no file"
+  passed=$((passed + 1))
+fi
+
 # SIGTERM: the guest stops, compactor exits 143, no QEMU is left.
 "${run[@]}" "$demo" -- sleep 600 >"$work/sleep.log" 2>&1 &
 pid=$!

@@ -137,3 +137,28 @@ TEST_CASE("initramfs: a missing transfer source fails and leaves no output", "[u
   CHECK(std::distance(std::filesystem::directory_iterator(scratch.path),
                       std::filesystem::directory_iterator{}) == 0);
 }
+
+TEST_CASE("initramfs: --dns writes resolv.conf and refuses a loopback resolver", "[unit]") {
+  scratch_directory scratch;
+  auto options = test_options();
+  options.dns = {"10.0.2.3", "2001:db8::53"};
+  initramfs::build(test_image(), options, scratch.path / "out");
+  const auto tree = read_tree(read_file(scratch.path / "out"));
+  CHECK(tree.at("etc/resolv.conf").content == "nameserver 10.0.2.3\nnameserver 2001:db8::53\n");
+
+  CHECK_THROWS_WITH(initramfs::resolv_conf({"127.0.0.53"}), Catch::Contains("loopback"));
+  CHECK_THROWS_WITH(initramfs::resolv_conf({"::1"}), Catch::Contains("loopback"));
+  CHECK_THROWS_WITH(initramfs::resolv_conf({"resolver"}), Catch::Contains("not an IP"));
+}
+
+TEST_CASE("initramfs: --rootfs-only writes the image's files and nothing else", "[unit]") {
+  scratch_directory scratch;
+  auto options = test_options();
+  options.rootfs_only = true;
+  options.dns = {"10.0.2.3"};
+  initramfs::build(test_image(), options, scratch.path / "out");
+  const auto tree = read_tree(read_file(scratch.path / "out"));
+  CHECK(tree.has("etc/motd"));
+  CHECK_FALSE(tree.has(".compactor/init"));
+  CHECK_FALSE(tree.has("etc/resolv.conf"));
+}

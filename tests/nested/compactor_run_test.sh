@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `compactor run --hypervisor kvm` end to end on our VMM, inside the nested harness's L1:
-# exit statuses, --env, --transfer-files, the original --image form, and a second run that
-# takes the initramfs from the cache.
-# Usage: compactor_run_test.sh COMPACTOR DEMO_IMAGE_DIR
+# exit statuses, --env, --transfer-files, the original --image form, a second run that takes
+# the initramfs from the cache, two vCPUs, the kernel as bzImage, and the network: a tap that
+# compactor creates in L1, the guest's eth0 configured by the init, ping and TCP from the guest
+# through Linux's virtio-net driver and our device to L1.
+# Usage: compactor_run_test.sh COMPACTOR DEMO_IMAGE_DIR BZIMAGE
 set -euo pipefail
 compactor=$(realpath "$1")
 demo_dir=$(realpath "$2")
+bzimage=$(realpath "$3")
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/compactor-nested-run.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -23,11 +26,27 @@ run \$demo --env A=1,B=2 -- sh -c 'echo "env: A=\$A B=\$B"'
 run \$demo --transfer-files $work/data:/app/data -- cat /app/data/file.txt
 $compactor --image \$demo --hypervisor kvm --env LEGACY=yes -- sh -c 'echo "legacy: \$LEGACY"'
 run -v \$demo --env A=1,B=2 -- sh -c 'echo "env: A=\$A B=\$B"' 2>&1 | grep -c 'from the cache' | sed 's/^/cache hits: /'
+run --num-vcpus 2 \$demo -- sh -c 'echo "cpus: \$(grep -c ^processor /proc/cpuinfo)"'
+run --kernel $bzimage \$demo -- sh -c 'echo "bzImage: booted"'
+# The tap appears when compactor starts; L1 takes 10.0.2.1 on it while the guest boots.
+(for i in \$(seq 600); do
+   if ip link show tap0 >/dev/null 2>&1; then
+     ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up; break
+   fi
+   sleep 0.1
+ done) &
+(nc -l -p 7000 >/tmp/received) &
+run --tap tap0 --ip 10.0.2.15/24 --gateway 10.0.2.1 \$demo -- sh -c \
+  'busybox ping -c 2 -W 5 10.0.2.1 >/dev/null && echo "ping: answered"; echo over-tcp | busybox nc 10.0.2.1 7000'
+echo "network: status \$?"
+sleep 1
+echo "tcp: \$(cat /tmp/received)"
+ip link show tap0 >/dev/null 2>&1 && echo "tap: left behind" || echo "tap: removed"
 SCRIPT
 
 output=$("$here/nested-run.sh" --timeout 600 --file "$compactor" --file "$demo_dir" \
-  --file "$work/data" "$work/l1.sh" 2>&1) || true
-echo "$output" | tr -d '\r' | grep -a -v '^\s*$' | tail -n 25
+  --file "$bzimage" --file "$work/data" "$work/l1.sh" 2>&1) || true
+echo "$output" | tr -d '\r' | grep -a -v '^\s*$' | grep -a -v 'Unhandled WRMSR' | tail -n 30
 
 failures=0
 expect() {
@@ -46,4 +65,10 @@ expect "env: A=1 B=2"
 expect "^transferred"
 expect "legacy: yes"
 expect "cache hits: 1"
+expect "cpus: 2"
+expect "bzImage: booted"
+expect "ping: answered"
+expect "network: status 0"
+expect "tcp: over-tcp"
+expect "tap: removed"
 [[ $failures -eq 0 ]]

@@ -7,7 +7,12 @@
 //   auto result = compactor::initramfs::build(image, options, "alpine.cpio.zst");
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <filesystem>
+#include <optional>
+#include <string>
 #include <span>
 #include <vector>
 
@@ -29,8 +34,32 @@ struct build_options {
   output_format format = output_format::cpio;
   overrides launch;
   std::vector<transfer> transfers;
+  std::vector<std::string> dns; // name servers for /etc/resolv.conf; empty: the image's
   std::span<const std::byte> init_binary;
+  bool rootfs_only = false; // just the image's file system: no init, configuration or files
 };
+
+// /etc/resolv.conf for `servers`. A loopback address is refused: in the guest it would name
+// the guest itself, where no resolver runs.
+inline std::string resolv_conf(const std::vector<std::string>& servers) {
+  std::string text;
+  for (const auto& server : servers) {
+    in6_addr v6{};
+    in_addr v4{};
+    const bool is_v4 = ::inet_pton(AF_INET, server.c_str(), &v4) == 1;
+    const bool is_v6 = !is_v4 && ::inet_pton(AF_INET6, server.c_str(), &v6) == 1;
+    if (!is_v4 && !is_v6) {
+      throw compactor::error(fmt::format("--dns {}: not an IP address", server));
+    }
+    if ((is_v4 && (ntohl(v4.s_addr) >> 24) == 127) || (is_v6 && IN6_IS_ADDR_LOOPBACK(&v6))) {
+      throw compactor::error(fmt::format(
+          "--dns {}: a loopback resolver would be the guest itself; give a reachable one",
+          server));
+    }
+    text += "nameserver " + server + "\n";
+  }
+  return text;
+}
 
 struct build_result {
   guest::launch_config launch;
@@ -42,10 +71,13 @@ build_result build_as(const image::resolved_image& image, const build_options& o
                       const std::filesystem::path& output) {
   build_result result;
   result.launch = make_launch_config(image.config, options.launch);
-  const host_layer extra(options.init_binary, result.launch, options.transfers);
-
   std::vector<image::layer> layers = image.layers;
-  layers.push_back(extra.as_layer());
+  std::optional<host_layer> extra;
+  if (!options.rootfs_only) {
+    extra.emplace(options.init_binary, result.launch, options.transfers,
+                  resolv_conf(options.dns));
+    layers.push_back(extra->as_layer());
+  }
 
   archive::atomic_output file(output);
   archive::writer<Format> writer(file.fd(), {.compression = options.compression});

@@ -87,8 +87,9 @@ void add_host_tree(Writer& writer, const std::filesystem::path& host, const std:
 // The host layer as an uncompressed tar in an unnamed temporary file.
 class host_layer {
 public:
+  // `resolv_conf`, when not empty, becomes /etc/resolv.conf.
   host_layer(std::span<const std::byte> init_binary, const guest::launch_config& launch,
-             const std::vector<transfer>& transfers,
+             const std::vector<transfer>& transfers, const std::string& resolv_conf = {},
              const std::filesystem::path& temporary_directory =
                  std::filesystem::temp_directory_path()) {
     file_ = std::make_shared<unique_fd>(
@@ -105,6 +106,9 @@ public:
                     archive::with_permissions(0755));
     writer.add_file(detail::relative_guest_path(guest::launch_config_path),
                     guest::write_launch_config(launch), archive::with_permissions(0644));
+    if (!resolv_conf.empty()) {
+      writer.add_file("etc/resolv.conf", resolv_conf, archive::with_permissions(0644));
+    }
     for (const auto& item : transfers) {
       const auto guest_path = detail::relative_guest_path(item.guest);
       if (guest_path.empty()) {

@@ -99,7 +99,7 @@ public:
     }
     if constexpr (has_backend_input<Device>) {
       events().add(device_->input_fd(),
-                   [this] { transport_->notify(static_cast<std::uint32_t>(Device::input_queue)); });
+                   [this] { transport_->backend_input(static_cast<std::uint32_t>(Device::input_queue)); });
     }
   }
 

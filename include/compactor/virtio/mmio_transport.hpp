@@ -163,6 +163,19 @@ public:
     }
   }
 
+  // The backend has input for queue `index` (a tap became readable). Before the driver has
+  // set the device up there is nowhere to put it; it waits in the backend, unlogged.
+  void backend_input(std::uint32_t index) {
+    {
+      std::scoped_lock lock(mutex_);
+      if ((status_ & STATUS_DRIVER_OK) == 0 || index >= Device::queue_count ||
+          !queues_[index].queue) {
+        return;
+      }
+    }
+    notify(index);
+  }
+
   // The device changed its configuration space (e.g. a disk resized, a link went down).
   void config_changed() {
     std::scoped_lock lock(mutex_);
