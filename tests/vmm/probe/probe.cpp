@@ -603,6 +603,13 @@ int probe_virtio_blk(const char* cmdline) {
   print_decimal(blk_request(4, 0));
   print("\nblk beyond ");
   print_decimal(blk_request(0, 1ull << 40));
+  // A completion interrupt may still be on its way (irqfd injects it asynchronously) or held
+  // in the PIC while interrupts were off: give it time with interrupts on.
+  asm volatile("sti");
+  for (uint32_t spins = 0; spins < 3000000 && virtio_irq_count == 0; ++spins) {
+    asm volatile("pause");
+  }
+  asm volatile("cli");
   print("\nblk irqs ");
   print_decimal(virtio_irq_count > 0 ? 1 : 0);
   put('\n');
