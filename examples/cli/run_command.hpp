@@ -217,10 +217,6 @@ struct run_command {
                             guest::network_kernel_arguments(network);
     const auto chosen =
         hypervisors::choose_hypervisor(hypervisors::parse_hypervisor(machine.hypervisor));
-    if (interactive && chosen == hypervisors::hypervisor::kvm) {
-      throw compactor::error("-i/--interactive needs --hypervisor qemu for now: our VMM's "
-                             "console does not read input yet");
-    }
 
     // The image.
     auto options = source.resolve_options();
@@ -294,7 +290,8 @@ inline void add_run(CLI::App& app, run_command& command) {
                           "A kernel (ELF vmlinux or bzImage) instead of the embedded one")
       ->check(CLI::ExistingFile);
   command.app->add_flag("-i,--interactive", command.interactive,
-                        "Connect this terminal to the guest's console (QEMU only for now)");
+                        "Connect stdin to the guest's console (on a terminal: raw, "
+                        "Ctrl-A x quits)");
   command.app->add_option("--ip", command.ip, "eth0's address, ADDRESS/PREFIX");
   command.app->add_option("--gateway", command.gateway, "The default route");
   command.app->add_option("--dns", command.dns, "Name servers for /etc/resolv.conf")

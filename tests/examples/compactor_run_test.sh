@@ -76,6 +76,12 @@ else
   passed=$((passed + 1))
 fi
 
+# -i: stdin reaches the workload through the console (sent once the guest is up: like a
+# serial line, the console drops what arrives before the guest's driver starts).
+check "-i feeds stdin to the guest's console" 5 "^got: hello-input$" -- \
+  sh -c "(sleep 6; printf 'hello-input\\n') | '$compactor' run -i --hypervisor qemu '$demo' -- \
+         sh -c 'read line; echo \"got: \$line\"; exit 5'"
+
 # export: the initramfs, the image alone, a tar, and no file at all when something fails.
 check "export writes an initramfs with the init" 0 "^\.compactor/init$" -- \
   sh -c "'$compactor' export '$demo' -o '$work/demo.cpio.gz' --compression gzip &&

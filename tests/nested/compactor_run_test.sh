@@ -26,6 +26,8 @@ run \$demo --env A=1,B=2 -- sh -c 'echo "env: A=\$A B=\$B"'
 run \$demo --transfer-files $work/data:/app/data -- cat /app/data/file.txt
 $compactor --image \$demo --hypervisor kvm --env LEGACY=yes -- sh -c 'echo "legacy: \$LEGACY"'
 run -v \$demo --env A=1,B=2 -- sh -c 'echo "env: A=\$A B=\$B"' 2>&1 | grep -c 'from the cache' | sed 's/^/cache hits: /'
+(sleep 25; printf 'hello-input\\n') | run -i \$demo -- sh -c 'read line; echo "got: \$line"; exit 5'
+echo "interactive: status \$?"
 run --num-vcpus 2 \$demo -- sh -c 'echo "cpus: \$(grep -c ^processor /proc/cpuinfo)"'
 run --kernel $bzimage \$demo -- sh -c 'echo "bzImage: booted"'
 # The tap appears when compactor starts; L1 takes 10.0.2.1 on it while the guest boots.
@@ -65,6 +67,8 @@ expect "env: A=1 B=2"
 expect "^transferred"
 expect "legacy: yes"
 expect "cache hits: 1"
+expect "got: hello-input"
+expect "interactive: status 5"
 expect "cpus: 2"
 expect "bzImage: booted"
 expect "ping: answered"

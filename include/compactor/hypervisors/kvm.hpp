@@ -8,11 +8,20 @@
 //   virtio-net   -> a tap, when one is given
 #pragma once
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <termios.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -38,8 +47,9 @@ template <unsigned Slot>
 using disk_slot = virtio::mmio_device<virtio::block_device<backends::raw_file>, Slot>;
 using network_slot = virtio::mmio_device<virtio::net_device<backends::tap>>;
 
+using console_uart = devices::uart_16550<devices::fd_output>;
 using standard_machine =
-    vmm::machine<devices::uart_16550<devices::fd_output>, devices::i8042, devices::exit_device,
+    vmm::machine<console_uart, devices::i8042, devices::exit_device,
                  disk_slot<0>, disk_slot<1>, disk_slot<2>, disk_slot<3>, network_slot>;
 
 // A locally administered MAC address derived from the tap's name, so a guest keeps its address
@@ -52,6 +62,106 @@ inline virtio::mac_address mac_for(const std::string& tap_name) {
   return {0x02, 0xc0, static_cast<std::uint8_t>(hash >> 24), static_cast<std::uint8_t>(hash >> 16),
           static_cast<std::uint8_t>(hash >> 8), static_cast<std::uint8_t>(hash)};
 }
+
+// Ctrl-A then x ends an interactive guest, as in QEMU's console.
+inline constexpr std::uint8_t console_escape = 0x01;
+inline constexpr std::uint8_t console_escape_quit = 'x';
+
+namespace detail {
+
+// Feeds the host's stdin to the guest's COM1 while the guest runs: in raw mode on a terminal
+// (restored however the run ends), and until end of file on a pipe. Runs on its own thread.
+template <typename Machine, typename Uart>
+class console_input {
+public:
+  explicit console_input(Machine& machine) : machine_(machine) {
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_) {
+      throw_errno("eventfd");
+    }
+    if (::isatty(STDIN_FILENO) && ::tcgetattr(STDIN_FILENO, &saved_) == 0) {
+      termios raw = saved_;
+      ::cfmakeraw(&raw);
+      raw.c_oflag = saved_.c_oflag; // keep "\n" -> "\r\n" for the guest's output
+      raw_ = ::tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+    }
+    thread_ = std::thread([this] { forward(); });
+  }
+
+  ~console_input() {
+    const std::uint64_t one = 1;
+    static_cast<void>(::write(wake_.get(), &one, sizeof one));
+    thread_.join();
+    if (raw_) {
+      ::tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+    }
+  }
+
+  console_input(const console_input&) = delete;
+  console_input& operator=(const console_input&) = delete;
+
+private:
+  void forward() {
+    bool escape = false;
+    for (;;) {
+      pollfd watched[2] = {{STDIN_FILENO, POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      if (::poll(watched, 2, -1) < 0) {
+        if (errno == EINTR) {
+          continue;
+        }
+        return;
+      }
+      if (watched[1].revents != 0) {
+        return;
+      }
+      std::uint8_t buffer[256];
+      const ssize_t size = ::read(STDIN_FILENO, buffer, sizeof buffer);
+      if (size <= 0) {
+        return; // end of input: the guest runs on without it
+      }
+      std::vector<std::uint8_t> bytes;
+      for (ssize_t n = 0; n < size; ++n) {
+        const auto byte = buffer[n];
+        if (std::exchange(escape, false)) {
+          if (byte == console_escape_quit) {
+            machine_.stop();
+            return;
+          }
+          bytes.push_back(console_escape);
+        }
+        if (byte == console_escape && raw_) {
+          escape = true;
+          continue;
+        }
+        bytes.push_back(byte);
+      }
+      deliver(bytes);
+    }
+  }
+
+  // The UART's FIFO holds 16 bytes; the rest waits until the guest has read some.
+  void deliver(std::span<const std::uint8_t> bytes) {
+    while (!bytes.empty()) {
+      const std::size_t accepted = machine_.devices().template with_device<Uart>(
+          [&](Uart& uart) { return uart.receive(bytes); });
+      bytes = bytes.subspan(accepted);
+      if (!bytes.empty()) {
+        pollfd wake{wake_.get(), POLLIN, 0};
+        if (::poll(&wake, 1, 1) > 0) {
+          return;
+        }
+      }
+    }
+  }
+
+  Machine& machine_;
+  unique_fd wake_;
+  termios saved_{};
+  bool raw_ = false;
+  std::thread thread_;
+};
+
+} // namespace detail
 
 struct kvm_options {
   int console_fd = STDOUT_FILENO;
@@ -91,7 +201,12 @@ public:
     machine.load_linux(spec.kernel, spec.initrd,
                        fmt::format("panic=-1 quiet {}", // the machine adds console= and reboot=
                                    spec.guest_parameters));
+    std::optional<detail::console_input<standard_machine, console_uart>> input;
+    if (spec.interactive) {
+      input.emplace(machine);
+    }
     const auto report = machine.run();
+    input.reset();
     machine_ = nullptr;
 
     run_result result;
