@@ -24,6 +24,7 @@ struct machine_options {
   unsigned vcpus = 1;
   std::vector<std::string> disks;
   std::string tap;
+  bool no_net_offload = false;
   std::string hypervisor = "auto";
   unsigned timeout_s = 0;
 
@@ -34,6 +35,8 @@ struct machine_options {
     command.add_option("--disk", disks, "A raw disk image, PATH[:ro] (virtio-blk; repeatable)")
         ->allow_extra_args(false); // one path per --disk, so positionals after it stay free
     command.add_option("--tap", tap, "A tap interface for the guest's eth0 (virtio-net)");
+    command.add_flag("--no-net-offload", no_net_offload,
+                     "Offer the guest no checksum or segmentation offloads on eth0");
     command.add_option("--hypervisor", hypervisor,
                        "auto (our VMM where KVM can boot Linux, else QEMU), kvm or qemu");
     command.add_option("--timeout", timeout_s, "Stop the guest after this many seconds");
@@ -48,6 +51,7 @@ struct machine_options {
     if (!tap.empty()) {
       spec.tap = tap;
     }
+    spec.net_offloads = !no_net_offload;
   }
 };
 

@@ -39,10 +39,22 @@ run --kernel $bzimage \$demo -- sh -c 'echo "bzImage: booted"'
  done) &
 (nc -l -p 7000 >/tmp/received) &
 run --tap tap0 --ip 10.0.2.15/24 --gateway 10.0.2.1 \$demo -- sh -c \
-  'busybox ping -c 2 -W 5 10.0.2.1 >/dev/null && echo "ping: answered"; echo over-tcp | busybox nc 10.0.2.1 7000'
+  'echo "offload csum bit: \$(busybox cut -c1 /sys/class/net/eth0/device/features)"; busybox ping -c 2 -W 5 10.0.2.1 >/dev/null && echo "ping: answered"; echo over-tcp | busybox nc 10.0.2.1 7000'
 echo "network: status \$?"
 sleep 1
 echo "tcp: \$(cat /tmp/received)"
+# The same without offloads: the guest's driver then checksums every frame itself.
+(for i in \$(seq 600); do
+   if ip link show tap0 >/dev/null 2>&1; then
+     ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up; break
+   fi
+   sleep 0.1
+ done) &
+(nc -l -p 7001 >/tmp/received-plain) &
+run --tap tap0 --no-net-offload --ip 10.0.2.15/24 \$demo -- sh -c \
+  'echo "plain csum bit: \$(busybox cut -c1 /sys/class/net/eth0/device/features)"; busybox ping -c 2 -W 5 10.0.2.1 >/dev/null && echo "plain ping: answered"; echo plain-tcp | busybox nc 10.0.2.1 7001'
+sleep 1
+echo "plain tcp: \$(cat /tmp/received-plain)"
 ip link show tap0 >/dev/null 2>&1 && echo "tap: left behind" || echo "tap: removed"
 SCRIPT
 
@@ -74,5 +86,9 @@ expect "bzImage: booted"
 expect "ping: answered"
 expect "network: status 0"
 expect "tcp: over-tcp"
+expect "offload csum bit: 1"
+expect "plain csum bit: 0"
+expect "plain ping: answered"
+expect "plain tcp: plain-tcp"
 expect "tap: removed"
 [[ $failures -eq 0 ]]

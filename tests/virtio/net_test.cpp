@@ -193,6 +193,22 @@ TEST_CASE("virtio-net: the MAC address and link status are in configuration spac
   CHECK(static_cast<int>(config[6]) == VIRTIO_NET_S_LINK_UP);
 }
 
+TEST_CASE("virtio-net: offloads are offered unless switched off", "[unit]") {
+  struct no_frames {
+    int fd() const { return -1; }
+    std::size_t receive(const std::vector<iovec>&) { return 0; }
+    bool send(const std::vector<iovec>&) { return true; }
+    void set_offloads(unsigned) {}
+  };
+  const net_device<no_frames> with(no_frames{}, guest_mac);
+  const net_device<no_frames> without(no_frames{}, guest_mac, false);
+  CHECK((with.device_features() & feature_bit(VIRTIO_NET_F_CSUM)) != 0);
+  CHECK((with.device_features() & feature_bit(VIRTIO_NET_F_GUEST_TSO4)) != 0);
+  CHECK((without.device_features() & feature_bit(VIRTIO_NET_F_CSUM)) == 0);
+  CHECK((without.device_features() & feature_bit(VIRTIO_NET_F_GUEST_CSUM)) == 0);
+  CHECK((without.device_features() & feature_bit(VIRTIO_NET_F_MAC)) != 0);
+}
+
 TEST_CASE("virtio-net: a frame the guest sends comes out of the tap", "[needs-root]") {
   network_namespace netns;
   tap backend("ctap0");

@@ -21,6 +21,7 @@ struct guest_spec {
   unsigned vcpus = 1;
   std::vector<disk> disks;
   std::optional<std::string> tap; // an existing or creatable tap interface
+  bool net_offloads = true;       // checksum and segmentation offloads on virtio-net
   bool interactive = false;       // the host's stdin goes to the guest console
 };
 

@@ -189,7 +189,8 @@ public:
                                                       spec.disks[Slot].read_only))
                  : disk_slot<Slot>();
     };
-    auto network = spec.tap ? network_slot(backends::tap(*spec.tap), mac_for(*spec.tap))
+    auto network = spec.tap ? network_slot(backends::tap(*spec.tap), mac_for(*spec.tap),
+                                           spec.net_offloads)
                             : network_slot();
 
     standard_machine machine(

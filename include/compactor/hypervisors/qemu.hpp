@@ -80,7 +80,10 @@ inline std::vector<std::string> qemu_arguments(const guest_spec& spec, bool use_
     arguments.push_back("-netdev");
     arguments.push_back(fmt::format("tap,id=net0,ifname={},script=no,downscript=no", *spec.tap));
     arguments.push_back("-device");
-    arguments.push_back("virtio-net-device,netdev=net0");
+    arguments.push_back(spec.net_offloads
+                            ? "virtio-net-device,netdev=net0"
+                            : "virtio-net-device,netdev=net0,csum=off,guest_csum=off,"
+                              "host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off");
   }
   return arguments;
 }
