@@ -9,15 +9,20 @@
 #include <fstream>
 #include <random>
 #include <regex>
+#include <thread>
 
 #include <compactor/backends/raw_file.hpp>
+#include <compactor/backends/tap.hpp>
 #include <compactor/devices/exit_device.hpp>
 #include <compactor/devices/i8042.hpp>
 #include <compactor/devices/uart_16550.hpp>
 #include <compactor/virtio/block.hpp>
 #include <compactor/virtio/mmio_device.hpp>
+#include <compactor/virtio/net.hpp>
 #include <compactor/vmm/machine.hpp>
 
+#include "../support/network_namespace.hpp"
+#include "tap_wire.hpp"
 #include "vmm/vmm_probe_image.hpp"
 
 using namespace compactor;
@@ -127,4 +132,41 @@ TEST_CASE("virtio-blk under KVM: a read-only disk refuses the probe's write", "[
   CHECK_THAT(console, Catch::Contains("blk read 0 "));
   CHECK_THAT(console, Catch::Contains("blk write 1\n"));
   CHECK(disk.sector(1) == sector_1);
+}
+
+TEST_CASE("virtio-net under KVM: the probe's driver sends a frame out of the tap and receives "
+          "one from it",
+          "[kvm][needs-kvm][needs-root]") {
+  using virtio_net = virtio::mmio_device<virtio::net_device<backends::tap>>;
+  using net_machine = vmm::machine<uart, devices::i8042, devices::exit_device, virtio_net>;
+  constexpr std::uint16_t ethertype = 0x88b5;
+  const virtio::mac_address mac = {0x02, 0x00, 0x00, 0x00, 0x00, 0x42};
+
+  testing::network_namespace netns;
+  devices::string_output console;
+  vmm::machine_config config;
+  config.memory_size = 64 * vmm::layout::mib;
+  config.timeout = 60s;
+  config.log = [](std::string_view) {};
+  net_machine machine(config, uart(console), devices::i8042{}, devices::exit_device{},
+                      virtio_net(backends::tap("ptap0"), mac));
+  testing::wire host("ptap0", ethertype);
+  machine.load_linux(testing::probe_image, {}, "probe=virtio-net",
+                     vmm::x86::boot_entry::linux_64);
+
+  vmm::run_report report;
+  std::thread guest([&] { report = machine.run(); });
+  const auto sent = host.receive();
+  std::string reply(reinterpret_cast<const char*>(mac.data()), 6);
+  reply += std::string("\x02\x00\x00\x00\x00\x01\x88\xb5", 8) + "host says hello";
+  reply.resize(60, '\0');
+  host.send(reply);
+  guest.join();
+
+  INFO(report.summary() << "\n" << console.text());
+  CHECK_THAT(sent, Catch::Contains("probe says hello"));
+  CHECK(sent.substr(6, 6) == std::string(reinterpret_cast<const char*>(mac.data()), 6));
+  CHECK(report.outcome == vmm::run_outcome::exited);
+  CHECK(report.exit_status == 0);
+  CHECK_THAT(console.text(), Catch::Contains("net tx done\nnet rx host says hello\n"));
 }

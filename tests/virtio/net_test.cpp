@@ -19,12 +19,14 @@
 
 #include "../support/network_namespace.hpp"
 #include "plain_memory.hpp"
+#include "tap_wire.hpp"
 
 using namespace compactor::virtio;
 using compactor::backends::tap;
 using compactor::testing::network_namespace;
 using compactor::testing::plain_memory;
 using compactor::testing::ring_driver;
+using compactor::testing::wire;
 
 namespace {
 
@@ -125,44 +127,6 @@ struct net_guest {
   }
 };
 
-// A raw packet socket on the tap's host side: what the guest sends, it receives, and what it
-// sends, the guest receives.
-class wire {
-public:
-  explicit wire(const std::string& interface) {
-    socket_.reset(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(test_ethertype)));
-    REQUIRE(socket_);
-    ifreq request{};
-    std::strncpy(request.ifr_name, interface.c_str(), IFNAMSIZ - 1);
-    REQUIRE(::ioctl(socket_.get(), SIOCGIFFLAGS, &request) == 0);
-    request.ifr_flags |= IFF_UP;
-    REQUIRE(::ioctl(socket_.get(), SIOCSIFFLAGS, &request) == 0);
-    sockaddr_ll address{};
-    address.sll_family = AF_PACKET;
-    address.sll_protocol = htons(test_ethertype);
-    address.sll_ifindex = static_cast<int>(::if_nametoindex(interface.c_str()));
-    REQUIRE(::bind(socket_.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-    timeval timeout{2, 0};
-    ::setsockopt(socket_.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  }
-
-  void send(const std::string& frame) {
-    REQUIRE(::send(socket_.get(), frame.data(), frame.size(), 0) ==
-            static_cast<ssize_t>(frame.size()));
-  }
-
-  std::string receive() {
-    std::string frame(2048, '\0');
-    const ssize_t size = ::recv(socket_.get(), frame.data(), frame.size(), 0);
-    REQUIRE(size > 0);
-    frame.resize(static_cast<std::size_t>(size));
-    return frame;
-  }
-
-private:
-  compactor::unique_fd socket_;
-};
-
 std::string ethernet_frame(const mac_address& destination, const std::string& payload) {
   std::string frame;
   frame.append(reinterpret_cast<const char*>(destination.data()), 6);
@@ -213,7 +177,7 @@ TEST_CASE("virtio-net: a frame the guest sends comes out of the tap", "[needs-ro
   network_namespace netns;
   tap backend("ctap0");
   CHECK(backend.created());
-  wire host("ctap0");
+  wire host("ctap0", test_ethertype);
   net_guest guest(std::move(backend));
   guest.initialise(modern | feature_bit(VIRTIO_NET_F_MAC));
 
@@ -229,7 +193,7 @@ TEST_CASE("virtio-net: a frame sent into the tap lands in the guest's buffer wit
           "[needs-root]") {
   network_namespace netns;
   tap backend("ctap0");
-  wire host("ctap0");
+  wire host("ctap0", test_ethertype);
   net_guest guest(std::move(backend));
   guest.initialise(modern);
   for (std::uint16_t slot = 0; slot < queue_size; ++slot) {
@@ -253,7 +217,7 @@ TEST_CASE("virtio-net: without receive buffers frames wait in the tap, then arri
           "[needs-root]") {
   network_namespace netns;
   tap backend("ctap0");
-  wire host("ctap0");
+  wire host("ctap0", test_ethertype);
   net_guest guest(std::move(backend));
   guest.initialise(modern);
 
