@@ -76,11 +76,28 @@ else
   passed=$((passed + 1))
 fi
 
-# -i: stdin reaches the workload through the console (sent once the guest is up: like a
-# serial line, the console drops what arrives before the guest's driver starts).
-check "-i feeds stdin to the guest's console" 5 "^got: hello-input$" -- \
-  sh -c "(sleep 6; printf 'hello-input\\n') | '$compactor' run -i --hypervisor qemu '$demo' -- \
-         sh -c 'read line; echo \"got: \$line\"; exit 5'"
+# -i: stdin reaches the workload through the console. Like a serial line, the console drops
+# what arrives before the guest's driver is up, so the input goes once the workload says so.
+mkfifo "$work/console-in"
+"${run[@]}" -i "$demo" -- sh -c 'echo ready; read line; echo "got: $line"; exit 5' \
+  <"$work/console-in" >"$work/console-out" 2>&1 &
+pid=$!
+exec 3>"$work/console-in"
+for _ in $(seq 1200); do
+  grep -q ready "$work/console-out" && break
+  sleep 0.1
+done
+printf 'hello-input\n' >&3
+exec 3>&-
+wait "$pid"
+status=$?
+if [[ $status -eq 5 ]] && grep -q "^got: hello-input" "$work/console-out"; then
+  echo "ok   -i feeds stdin to the guest's console"
+  passed=$((passed + 1))
+else
+  echo "FAIL -i: status $status, output: $(tail -n 5 "$work/console-out")"
+  failures=$((failures + 1))
+fi
 
 # export: the initramfs, the image alone, a tar, and no file at all when something fails.
 check "export writes an initramfs with the init" 0 "^\.compactor/init$" -- \

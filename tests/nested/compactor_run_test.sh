@@ -26,8 +26,16 @@ run \$demo --env A=1,B=2 -- sh -c 'echo "env: A=\$A B=\$B"'
 run \$demo --transfer-files $work/data:/app/data -- cat /app/data/file.txt
 $compactor --image \$demo --hypervisor kvm --env LEGACY=yes -- sh -c 'echo "legacy: \$LEGACY"'
 run -v \$demo --env A=1,B=2 -- sh -c 'echo "env: A=\$A B=\$B"' 2>&1 | grep -c 'from the cache' | sed 's/^/cache hits: /'
-(sleep 25; printf 'hello-input\\n') | run -i \$demo -- sh -c 'read line; echo "got: \$line"; exit 5'
+# The input goes once the workload says it is ready: the console drops what comes earlier.
+mkfifo /tmp/console-in
+run -i \$demo -- sh -c 'echo ready; read line; echo "got: \$line"; exit 5' </tmp/console-in >/tmp/console-out 2>&1 &
+exec 3>/tmp/console-in
+for i in \$(seq 3000); do grep -q ready /tmp/console-out && break; sleep 0.1; done
+printf 'hello-input\\n' >&3
+exec 3>&-
+wait \$!
 echo "interactive: status \$?"
+cat /tmp/console-out
 run --num-vcpus 2 \$demo -- sh -c 'echo "cpus: \$(grep -c ^processor /proc/cpuinfo)"'
 run --kernel $bzimage \$demo -- sh -c 'echo "bzImage: booted"'
 # The tap appears when compactor starts; L1 takes 10.0.2.1 on it while the guest boots.
