@@ -3,7 +3,6 @@
 #pragma once
 
 #include <chrono>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -52,12 +51,6 @@ struct export_command {
     options.rootfs_only = rootfs_only;
     options.init_binary = embedded_init();
     static_cast<void>(initramfs::resolv_conf(dns)); // refuse a bad --dns before any download
-    for (const auto& item : options.transfers) {
-      if (!std::filesystem::exists(std::filesystem::symlink_status(item.host))) {
-        throw compactor::error(fmt::format("--transfer-files: {} does not exist",
-                                           item.host.string()));
-      }
-    }
 
     const auto image = image::resolve(reference, source.resolve_options());
     const auto resolved = std::chrono::steady_clock::now();

@@ -2,11 +2,13 @@
 // --user, and files transferred from the host.
 #pragma once
 
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <compactor/initramfs/builder.hpp>
@@ -50,9 +52,14 @@ struct launch_options {
     return result;
   }
 
+  // The transfers, each host path checked to exist, so that a typo fails before any download.
   [[nodiscard]] std::vector<initramfs::transfer> transfer_list() const {
     std::vector<initramfs::transfer> result;
     for (const auto& item : parse_transfers(transfers)) {
+      if (!std::filesystem::exists(std::filesystem::symlink_status(item.host))) {
+        throw compactor::error(fmt::format("--transfer-files: {} does not exist",
+                                           item.host.string()));
+      }
       result.push_back({item.host, item.guest});
     }
     return result;

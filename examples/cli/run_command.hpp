@@ -187,12 +187,6 @@ struct run_command {
     build.launch = launch.overrides(command);
     build.transfers = launch.transfer_list();
     build.init_binary = embedded_init();
-    for (const auto& item : build.transfers) {
-      if (!std::filesystem::exists(std::filesystem::symlink_status(item.host))) {
-        throw compactor::error(fmt::format("--transfer-files: {} does not exist",
-                                           item.host.string()));
-      }
-    }
     hypervisors::guest_spec spec;
     machine.fill(spec);
     spec.interactive = interactive;

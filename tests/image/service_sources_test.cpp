@@ -13,6 +13,7 @@
 #include <compactor/image/resolve.hpp>
 #include <compactor/support/unique_fd.hpp>
 
+#include "../support/loopback.hpp"
 #include "../support/services.hpp"
 #include "test_image.hpp"
 
@@ -86,24 +87,13 @@ void remove_from_daemon(const std::string& name) {
   CHECK((status == 200 || status == 404));
 }
 
-int free_loopback_port() {
-  compactor::unique_fd socket(::socket(AF_INET, SOCK_STREAM, 0));
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(socket.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  socklen_t length = sizeof address;
-  REQUIRE(::getsockname(socket.get(), reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  return ntohs(address.sin_port);
-}
-
 // A docker-registry of the test's own on a free loopback port, with htpasswd Basic
 // authentication when a user is given; its storage lies in `directory`.
 class own_registry {
 public:
   explicit own_registry(const fs::path& directory, const std::string& user = {},
                         const std::string& password = {}, bool tls = false)
-      : directory_(directory), port_(free_loopback_port()) {
+      : directory_(directory), port_(compactor::testing::unused_loopback_port()) {
     std::string auth;
     std::string tls_settings;
     std::string scheme = "http";

@@ -11,16 +11,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/compactor-nested-custom.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-root="$work/root"
-mkdir -p "$root"/{bin,etc,.compactor}
-cp "$(command -v busybox)" "$root/bin/busybox"
-for applet in sh cat head; do ln -s busybox "$root/bin/$applet"; done
-cp "$guest_init" "$root/.compactor/init"
-echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
-echo 'root:x:0:' >"$root/etc/group"
-printf '{"version":1,"entrypoint":["/bin/sh","-c"],"cmd":["echo vda $(head -c 4 /dev/vda) ro=$(cat /sys/block/vda/ro); echo vdb $(head -c 4 /dev/vdb) ro=$(cat /sys/block/vdb/ro); exit 9"],"env":["PATH=/bin"],"workdir":"","user":"","hostname":""}' \
-  >"$root/.compactor/launch"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
+"$here/make-guest-initramfs.sh" "$work/initrd.gz" "$guest_init" \
+  '{"version":1,"entrypoint":["/bin/sh","-c"],"cmd":["echo vda $(head -c 4 /dev/vda) ro=$(cat /sys/block/vda/ro); echo vdb $(head -c 4 /dev/vdb) ro=$(cat /sys/block/vdb/ro); exit 9"],"env":["PATH=/bin"],"workdir":"","user":"","hostname":""}' \
+  "sh cat head"
 { printf 'DSK0'; head -c 65532 /dev/zero; } >"$work/disk0.img"
 { printf 'DSK1'; head -c 65532 /dev/zero; } >"$work/disk1.img"
 

@@ -14,15 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/compactor-nested-linux.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# The guest's initramfs.
-root="$work/root"
-mkdir -p "$root"/{bin,etc,.compactor}
-cp "$(command -v busybox)" "$root/bin/busybox"
-for applet in sh cat head dd echo printf sync; do ln -s busybox "$root/bin/$applet"; done
-cp "$guest_init" "$root/.compactor/init"
-echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
-echo 'root:x:0:' >"$root/etc/group"
-cat >"$root/check.sh" <<'CHECK'
+# The guest's initramfs: the workload is check.sh.
+cat >"$work/check.sh" <<'CHECK'
 #!/bin/sh
 echo "disk sectors $(cat /sys/block/vda/size)"
 echo "disk head $(head -c 16 /dev/vda)"
@@ -32,10 +25,10 @@ fi
 echo "write refused"
 exit 8
 CHECK
-chmod +x "$root/check.sh"
-printf '{"version":1,"entrypoint":["/check.sh"],"cmd":[],"env":["PATH=/bin"],"workdir":"","user":"","hostname":""}' \
-  >"$root/.compactor/launch"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
+chmod +x "$work/check.sh"
+"$here/make-guest-initramfs.sh" "$work/initrd.gz" "$guest_init" \
+  '{"version":1,"entrypoint":["/check.sh"],"cmd":[],"env":["PATH=/bin"],"workdir":"","user":"","hostname":""}' \
+  "sh cat head dd echo printf sync" "$work/check.sh:check.sh"
 
 # A 64 KiB disk whose first bytes the guest must see.
 { printf 'compactor-disk-0'; head -c $((64 * 1024 - 16)) /dev/zero; } >"$work/disk.img"

@@ -7,24 +7,11 @@
 #include <compactor/net/http_client.hpp>
 #include <compactor/support/unique_fd.hpp>
 
+#include "../support/loopback.hpp"
+
 using namespace compactor::net;
 
-namespace {
-
-// A loopback port on which nothing listens: bound, never listened on, then closed.
-int unused_loopback_port() {
-  compactor::unique_fd socket(::socket(AF_INET, SOCK_STREAM, 0));
-  REQUIRE(socket);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(socket.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  socklen_t length = sizeof address;
-  REQUIRE(::getsockname(socket.get(), reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  return ntohs(address.sin_port);
-}
-
-} // namespace
+using compactor::testing::unused_loopback_port;
 
 TEST_CASE("http client: a refused connection is a transfer error naming the URL", "[unit]") {
   http_client client;

@@ -6,9 +6,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
-#include <sstream>
 #include <string>
 
+#include <compactor/host/programs.hpp>
 #include <compactor/host/virtualization.hpp>
 
 namespace compactor::testing {
@@ -31,18 +31,7 @@ inline std::optional<std::string> missing_hardware_virtualization() {
   return std::nullopt;
 }
 
-// Finds a program on PATH.
-inline std::optional<std::filesystem::path> find_program(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::istringstream directories(path != nullptr ? path : "/usr/bin:/bin");
-  for (std::string directory; std::getline(directories, directory, ':');) {
-    const auto candidate = std::filesystem::path(directory) / name;
-    if (::access(candidate.c_str(), X_OK) == 0) {
-      return candidate;
-    }
-  }
-  return std::nullopt;
-}
+using host::find_program;
 
 inline std::optional<std::string> missing_qemu() {
   if (!find_program("qemu-system-x86_64")) {

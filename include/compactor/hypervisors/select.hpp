@@ -2,16 +2,12 @@
 // where it is installed, else nothing, with the reason.
 #pragma once
 
-#include <unistd.h>
-
-#include <cstdlib>
-#include <filesystem>
-#include <sstream>
 #include <string>
 #include <string_view>
 
 #include <fmt/format.h>
 
+#include <compactor/host/programs.hpp>
 #include <compactor/host/virtualization.hpp>
 #include <compactor/support/error.hpp>
 
@@ -32,21 +28,10 @@ inline hypervisor parse_hypervisor(std::string_view name) {
   throw compactor::error(fmt::format("--hypervisor {}: expected auto, kvm or qemu", name));
 }
 
-inline bool program_on_path(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::istringstream directories(path != nullptr ? path : "/usr/bin:/bin");
-  for (std::string directory; std::getline(directories, directory, ':');) {
-    if (::access((std::filesystem::path(directory) / name).c_str(), X_OK) == 0) {
-      return true;
-    }
-  }
-  return false;
-}
-
 // Resolves `automatic`, and refuses `kvm` up front where a Linux guest could not boot.
 inline hypervisor choose_hypervisor(hypervisor wanted,
                                     const host::virtualization_report& host = host::probe_virtualization()) {
-  const bool qemu_installed = program_on_path("qemu-system-x86_64");
+  const bool qemu_installed = host::find_program("qemu-system-x86_64").has_value();
   switch (wanted) {
   case hypervisor::kvm:
     if (!host.can_boot_linux()) {
