@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -60,6 +61,14 @@ public:
       throw_errno(fmt::format("mmap of {} MiB of guest RAM", size / layout::mib));
     }
     host_ = static_cast<std::uint8_t*>(host);
+    // A child process (a helper the VMM forks, or one the library user forks) never needs
+    // guest RAM; without this, fork would copy the page tables of every page the guest touched.
+    if (::madvise(host_, size, MADV_DONTFORK) != 0) {
+      const int saved = errno;
+      ::munmap(host_, size);
+      errno = saved;
+      throw_errno("madvise(MADV_DONTFORK) on guest RAM");
+    }
   }
   memory_region(memory_region&& other) noexcept
       : guest_address_(other.guest_address_), size_(other.size_),
