@@ -1,7 +1,8 @@
 #!/bin/sh
 # Export benchmark: an OCI image made of this machine's /usr (about 200 MB, three gzip layers)
 # flattened to a zstd cpio by flatten_oci, side by side with umoci unpack + find | cpio + zstd,
-# and with the floor: the same layers through gzip -dc | zstd -3.
+# and with the floor: the same layers through gzip -dc | zstd -3. Then the same three on a
+# busybox-sized image (the build's demo image), where start-up costs dominate, with hyperfine.
 #
 #   benchmarks/export/run.sh BUILD_DIR [WORK_DIR]
 set -eu
@@ -37,6 +38,8 @@ if [ ! -f "$layout/index.json" ]; then
   printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"bench"}}]}' "$mdigest" "$msize" > "$layout/index.json"
 fi
 echo "image: $(du -sh "$layout/blobs" | cut -f1) of gzip layers in $layout"
+layer_bytes=$(for blob in "$layout"/blobs/sha256/*; do gzip -dc "$blob" 2>/dev/null; done | wc -c)
+echo "layer tar streams: $((layer_bytes / 1000000)) MB uncompressed (for MB/s: divide by the times)"
 
 echo "--- floor: gzip -dc layers | zstd -3"
 cat > "$work/floor.sh" <<FLOOR
@@ -57,4 +60,22 @@ timing sh "$work/reference.sh"
 rm -rf "$work/bundle"
 
 ls -l "$work"/*.zst
+
+small=$build/examples/demo-image
+if [ -f "$small/index.json" ] && command -v hyperfine >/dev/null; then
+  echo "--- a busybox-sized image ($(du -sh "$small/blobs" | cut -f1)): $small"
+  cat > "$work/small-floor.sh" <<FLOOR
+for blob in $small/blobs/sha256/*; do gzip -dc "\$blob" 2>/dev/null; done | zstd -3 -q -c > $work/small-floor.zst
+FLOOR
+  cat > "$work/small-reference.sh" <<REF
+rm -rf $work/small-bundle
+umoci unpack --rootless --image $small:demo $work/small-bundle >/dev/null
+cd $work/small-bundle/rootfs && find . | cpio -o -H newc --quiet | zstd -3 -q -c > $work/small-reference.cpio.zst
+REF
+  hyperfine -N --warmup 2 --runs 20 \
+    -n floor "sh $work/small-floor.sh" \
+    -n compactor "$build/benchmarks/export/flatten_oci $small $work/small-ours.cpio.zst zstd" \
+    -n umoci-cpio-zstd "sh $work/small-reference.sh"
+  rm -rf "$work/small-bundle"
+fi
 echo "work directory: $work (remove it when done)"
