@@ -28,13 +28,19 @@ namespace compactor::net {
 // A transfer that did not complete: no connection, a timeout, a dropped connection, TLS.
 class transfer_error : public compactor::error {
 public:
-  transfer_error(const std::string& message, CURLcode code)
-      : compactor::error(message), code_(code) {}
+  transfer_error(const std::string& message, CURLcode code, std::string reason = {})
+      : compactor::error(message), code_(code),
+        reason_(reason.empty() ? message : std::move(reason)) {}
 
   [[nodiscard]] CURLcode code() const noexcept { return code_; }
 
+  // libcurl's words for the failure, without the request ("transfer closed with 5 bytes
+  // remaining to read").
+  [[nodiscard]] const std::string& reason() const noexcept { return reason_; }
+
 private:
   CURLcode code_;
+  std::string reason_;
 };
 
 struct http_request {
@@ -46,7 +52,8 @@ struct http_request {
   std::string ca_file;     // an extra CA bundle for HTTPS, besides the system's
   bool follow_redirects = false;
   long connect_timeout_ms = 10'000;
-  long stall_timeout_s = 60; // give up when no byte arrives for this long
+  long stall_timeout_s = 60;     // give up when no byte arrives for this long
+  std::size_t max_body_size = 0; // a body collected in the response may not be longer; 0: any
 };
 
 struct http_response {
@@ -109,6 +116,8 @@ struct transfer_state {
   http_response* response = nullptr;
   const body_sink* sink = nullptr;
   std::exception_ptr sink_failure;
+  std::size_t max_body_size = 0;
+  bool body_too_large = false;
 };
 
 inline size_t on_header(char* data, size_t size, size_t count, void* user) {
@@ -136,6 +145,11 @@ inline size_t on_body(char* data, size_t size, size_t count, void* user) {
   long status = 0;
   curl_easy_getinfo(state.handle, CURLINFO_RESPONSE_CODE, &status);
   if (state.sink == nullptr || status < 200 || status >= 300) {
+    if (state.max_body_size != 0 &&
+        state.response->body.size() + chunk.size() > state.max_body_size) {
+      state.body_too_large = true;
+      return 0; // makes libcurl abort the transfer with CURLE_WRITE_ERROR
+    }
     state.response->body.append(chunk);
     return chunk.size();
   }
@@ -175,7 +189,7 @@ private:
     curl_easy_reset(curl);
 
     http_response response;
-    detail::transfer_state state{curl, &response, sink, nullptr};
+    detail::transfer_state state{curl, &response, sink, nullptr, request.max_body_size, false};
 
     std::unique_ptr<curl_slist, detail::curl_slist_deleter> header_list;
     for (const auto& header : request.headers) {
@@ -223,10 +237,16 @@ private:
     if (state.sink_failure) {
       std::rethrow_exception(state.sink_failure);
     }
+    if (state.body_too_large) {
+      const auto reason = fmt::format("the answer is longer than {} bytes", request.max_body_size);
+      throw transfer_error(fmt::format("{} {}: {}", request.method, request.url, reason),
+                           CURLE_WRITE_ERROR, reason);
+    }
     if (result != CURLE_OK) {
       const std::string detail = error_buffer_[0] != '\0' ? std::string(error_buffer_)
                                                           : curl_easy_strerror(result);
-      throw transfer_error(fmt::format("{} {}: {}", request.method, request.url, detail), result);
+      throw transfer_error(fmt::format("{} {}: {}", request.method, request.url, detail), result,
+                           detail);
     }
 
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);

@@ -6,9 +6,14 @@
 // Bearer tokens (Docker's token protocol) or Basic, with credentials from the `auths` of
 // ~/.docker/config.json. Redirects (to blob storage) are followed by hand so that the
 // registry's Authorization header never reaches another host. Transient failures (429, 5xx,
-// dropped connections) are retried with exponential backoff. Blobs land in the blob cache.
+// dropped or stalled connections) are retried a few times with exponential backoff, or after
+// the Retry-After the registry asks for (capped); a blob is then fetched again from its start.
+// Content that does not match its digest is refused, not fetched again. Blobs land in the blob
+// cache only once verified.
 #pragma once
 
+#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -16,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -37,8 +43,10 @@ struct registry_options {
   bool https_on_loopback = false; // use https:// for loopback registries too
   // Where `auths` are read; empty: $DOCKER_CONFIG/config.json or ~/.docker/config.json.
   std::filesystem::path docker_config;
-  int attempts = 5;
-  std::chrono::milliseconds first_backoff{200};
+  int attempts = 5;                             // tries of one request that fails transiently
+  std::chrono::milliseconds first_backoff{200}; // the wait before the second try, then doubled
+  std::chrono::seconds max_retry_after{10};     // a longer Retry-After is cut to this
+  std::chrono::seconds stall_timeout{60};       // a transfer fails after this long without a byte
 };
 
 // The server part of an API URL: docker.io's API lives at registry-1.docker.io.
@@ -74,17 +82,15 @@ public:
   // GET a manifest by tag or digest; returns the body and its Content-Type.
   std::pair<std::string, std::string> get_manifest(const std::string& manifest_reference) {
     const std::lock_guard lock(mutex_);
-    const auto response =
-        get(base_ + "/manifests/" + manifest_reference,
-            {"Accept: " + std::string(media_types::manifest_accept)}, nullptr, [] {});
+    const auto response = get(
+        base_ + "/manifests/" + manifest_reference,
+        {"Accept: " + std::string(media_types::manifest_accept)}, nullptr, [] {},
+        "manifest " + manifest_reference);
     if (response.status == 404) {
       throw compactor::error(
           fmt::format("the registry has no manifest {} for {}", manifest_reference, ref_.name()));
     }
     require_success(response, "manifest " + manifest_reference);
-    if (response.body.size() > max_document_size) {
-      throw format_error("the registry's manifest is larger than a manifest may be");
-    }
     auto type = response.header("Content-Type").value_or("");
     type = std::string(trim(std::string_view(type).substr(0, type.find(';'))));
     if (const auto digest = response.header("Docker-Content-Digest");
@@ -102,9 +108,17 @@ public:
     }
     const std::lock_guard lock(mutex_);
     std::optional<blob_writer> writer;
-    const net::body_sink sink = [&](std::string_view chunk) { writer->write(chunk); };
-    const auto response =
-        get(base_ + "/blobs/" + digest, {}, &sink, [&] { writer.emplace(cache_->begin(what)); });
+    const net::body_sink sink = [&](std::string_view chunk) {
+      // Refused as soon as it is longer than it may be, rather than once it fills the disk.
+      if (size >= 0 && writer->size() + chunk.size() > static_cast<std::uint64_t>(size)) {
+        throw verification_error(fmt::format("{} {} has more than the {} bytes its descriptor says",
+                                             what, digest, size));
+      }
+      writer->write(chunk);
+    };
+    const auto response = get(
+        base_ + "/blobs/" + digest, {}, &sink, [&] { writer.emplace(cache_->begin(what)); },
+        what + " " + digest);
     if (response.status == 404) {
       throw compactor::error(fmt::format("the registry has no blob {} in {}", digest, ref_.name()));
     }
@@ -131,6 +145,9 @@ private:
     net::http_request request;
     request.url = url;
     request.ca_file = options_.ca_file;
+    request.stall_timeout_s = static_cast<long>(options_.stall_timeout.count());
+    // Manifests and error answers; blobs stream to the cache.
+    request.max_body_size = max_document_size;
     return request;
   }
 
@@ -140,10 +157,25 @@ private:
            code == CURLE_HTTP2_STREAM;
   }
 
-  // One GET with authentication, redirects and retries. `restart` is called before each try,
-  // so that a sink can start its output afresh.
+  // The wait before another try after a 429 or 5xx: the registry's Retry-After in seconds
+  // (RFC 9110, 10.2.3; the HTTP-date form is not read), at most max_retry_after; else `backoff`.
+  std::chrono::milliseconds retry_delay(const net::http_response& response,
+                                        std::chrono::milliseconds backoff) const {
+    const auto after = response.header("Retry-After").value_or("");
+    long long seconds = 0;
+    const auto [end, failure] = std::from_chars(after.data(), after.data() + after.size(), seconds);
+    if (after.empty() || failure != std::errc() || end != after.data() + after.size() ||
+        seconds < 0) {
+      return backoff;
+    }
+    return std::chrono::seconds(std::min<long long>(seconds, options_.max_retry_after.count()));
+  }
+
+  // One GET with authentication, redirects and retries; `what` names the object in errors.
+  // `restart` is called before each try, so that a sink can start its output afresh.
   net::http_response get(const std::string& url, const std::vector<std::string>& headers,
-                         const net::body_sink* sink, const std::function<void()>& restart) {
+                         const net::body_sink* sink, const std::function<void()>& restart,
+                         const std::string& what) {
     auto backoff = options_.first_backoff;
     bool authenticated_now = false;
     for (int attempt = 1;; ++attempt) {
@@ -152,8 +184,13 @@ private:
       try {
         response = follow(url, headers, sink);
       } catch (const net::transfer_error& failure) {
-        if (!retryable(failure.code()) || attempt >= options_.attempts) {
+        if (!retryable(failure.code())) {
           throw;
+        }
+        if (attempt >= options_.attempts) {
+          throw net::transfer_error(fmt::format("could not fetch {} of {} after {} attempts: {}",
+                                                what, ref_.name(), attempt, failure.reason()),
+                                    failure.code(), failure.reason());
         }
         std::this_thread::sleep_for(backoff);
         backoff *= 2;
@@ -171,14 +208,7 @@ private:
                                            credentials_ ? "" : " (none are configured)"));
       }
       if ((response.status == 429 || response.status >= 500) && attempt < options_.attempts) {
-        auto wait = backoff;
-        if (const auto after = response.header("Retry-After")) {
-          try {
-            wait = std::chrono::seconds(std::min(std::stol(*after), 60L));
-          } catch (const std::exception&) {
-          }
-        }
-        std::this_thread::sleep_for(wait);
+        std::this_thread::sleep_for(retry_delay(response, backoff));
         backoff *= 2;
         continue;
       }
