@@ -27,6 +27,7 @@ struct machine_options {
   bool no_net_offload = false;
   std::string hypervisor = "auto";
   unsigned timeout_s = 0;
+  bool no_seccomp = false;
 
   void add_to(CLI::App& command) {
     command.add_option("--mem-size-mb", memory_mib, "Guest memory in MiB")
@@ -40,6 +41,18 @@ struct machine_options {
     command.add_option("--hypervisor", hypervisor,
                        "auto (our VMM where KVM can boot Linux, else QEMU), kvm or qemu");
     command.add_option("--timeout", timeout_s, "Stop the guest after this many seconds");
+    command.add_flag("--no-seccomp", no_seccomp,
+                     "Run our VMM's threads without their seccomp filters (for debugging)");
+  }
+
+  // The settings of our VMM that these options carry.
+  [[nodiscard]] hypervisors::kvm_options kvm() const {
+    hypervisors::kvm_options options;
+    if (timeout_s > 0) {
+      options.timeout = std::chrono::seconds(timeout_s);
+    }
+    options.seccomp = !no_seccomp;
+    return options;
   }
 
   void fill(hypervisors::guest_spec& spec) const {
@@ -57,14 +70,11 @@ struct machine_options {
 
 // Boots `spec` with the chosen hypervisor; returns the process exit status.
 inline int boot_guest(const hypervisors::guest_spec& spec, const machine_options& machine) {
-  const auto chosen = hypervisors::choose_hypervisor(hypervisors::parse_hypervisor(machine.hypervisor));
+  const auto chosen =
+      hypervisors::choose_hypervisor(hypervisors::parse_hypervisor(machine.hypervisor));
   hypervisors::run_result result;
   if (chosen == hypervisors::hypervisor::kvm) {
-    hypervisors::kvm_options options;
-    if (machine.timeout_s > 0) {
-      options.timeout = std::chrono::seconds(machine.timeout_s);
-    }
-    result = hypervisors::kvm_runner(options).run(spec);
+    result = hypervisors::kvm_runner(machine.kvm()).run(spec);
   } else {
     result = hypervisors::qemu_runner().run(spec);
   }

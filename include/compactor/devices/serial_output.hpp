@@ -20,6 +20,7 @@
 
 #include <compactor/support/error.hpp>
 #include <compactor/support/unique_fd.hpp>
+#include <compactor/vmm/seccomp.hpp>
 
 namespace compactor::devices {
 
@@ -30,6 +31,8 @@ concept serial_output = requires(O& output, std::span<const std::uint8_t> bytes)
 
 // Writes to a file descriptor (stdout, a file) from a writer thread through a bounded buffer.
 // When the buffer is full the bytes are dropped and counted instead of blocking the guest.
+// The writer thread runs under the console-output seccomp filter (vmm/seccomp.hpp) when the
+// constructing thread's filter_new_threads() says so, as it does by default.
 class fd_output {
 public:
   static constexpr std::size_t default_capacity = 256 * 1024;
@@ -39,7 +42,9 @@ public:
       : state_(std::make_shared<state>(std::move(fd), capacity)) {
     // The thread shares the state, so that a writer stuck on a stalled descriptor can be left
     // behind at destruction.
-    std::thread([s = state_] { s->drain(); }).detach();
+    vmm::seccomp::start_thread(vmm::seccomp::thread_role::console_output,
+                               vmm::seccomp::filter_new_threads(), [s = state_] { s->drain(); })
+        .detach();
   }
 
   // Appends to (or creates) the file at `path`.

@@ -6,6 +6,9 @@
 //   exit device  -> the init's status and boot marker (guest/protocol.hpp)
 //   virtio-blk   -> up to four disks (empty slots are invisible to the guest)
 //   virtio-net   -> a tap, when one is given
+//
+// Every thread of the run but the caller's runs under a seccomp filter unless
+// kvm_options::seccomp is false (vmm/seccomp.hpp).
 #pragma once
 
 #include <poll.h>
@@ -38,6 +41,7 @@
 #include <compactor/virtio/mmio_device.hpp>
 #include <compactor/virtio/net.hpp>
 #include <compactor/vmm/machine.hpp>
+#include <compactor/vmm/seccomp.hpp>
 
 namespace compactor::hypervisors {
 
@@ -70,11 +74,12 @@ inline constexpr std::uint8_t console_escape_quit = 'x';
 namespace detail {
 
 // Feeds the host's stdin to the guest's COM1 while the guest runs: in raw mode on a terminal
-// (restored however the run ends), and until end of file on a pipe. Runs on its own thread.
+// (restored however the run ends), and until end of file on a pipe. Runs on its own thread,
+// under the console-input seccomp filter when `filtered`.
 template <typename Machine, typename Uart>
 class console_input {
 public:
-  explicit console_input(Machine& machine) : machine_(machine) {
+  console_input(Machine& machine, bool filtered) : machine_(machine) {
     wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!wake_) {
       throw_errno("eventfd");
@@ -85,22 +90,32 @@ public:
       raw.c_oflag = saved_.c_oflag; // keep "\n" -> "\r\n" for the guest's output
       raw_ = ::tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
     }
-    thread_ = std::thread([this] { forward(); });
+    try {
+      thread_ = vmm::seccomp::start_thread(vmm::seccomp::thread_role::console_input, filtered,
+                                           [this] { forward(); });
+    } catch (...) {
+      restore_terminal();
+      throw;
+    }
   }
 
   ~console_input() {
     const std::uint64_t one = 1;
     static_cast<void>(::write(wake_.get(), &one, sizeof one));
     thread_.join();
-    if (raw_) {
-      ::tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
-    }
+    restore_terminal();
   }
 
   console_input(const console_input&) = delete;
   console_input& operator=(const console_input&) = delete;
 
 private:
+  void restore_terminal() {
+    if (raw_) {
+      ::tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+    }
+  }
+
   void forward() {
     bool escape = false;
     for (;;) {
@@ -167,6 +182,7 @@ struct kvm_options {
   int console_fd = STDOUT_FILENO;
   std::optional<std::chrono::milliseconds> timeout;
   std::function<void(std::string_view)> log; // the machine's warnings; default stderr
+  bool seccomp = true; // filter the VMM's threads (vmm/seccomp.hpp)
 };
 
 class kvm_runner {
@@ -182,6 +198,9 @@ public:
     config.memory_size = std::uint64_t{spec.memory_mib} * vmm::layout::mib;
     config.timeout = options_.timeout;
     config.log = options_.log;
+    config.seccomp = options_.seccomp;
+    // The serial output's thread starts while its argument is built, before the machine.
+    const vmm::seccomp::filter_scope device_threads(options_.seccomp);
 
     const auto disk = [&]<unsigned Slot>() {
       return Slot < spec.disks.size()
@@ -204,7 +223,7 @@ public:
                                    spec.guest_parameters));
     std::optional<detail::console_input<standard_machine, console_uart>> input;
     if (spec.interactive) {
-      input.emplace(machine);
+      input.emplace(machine, options_.seccomp);
     }
     const auto report = machine.run();
     input.reset();

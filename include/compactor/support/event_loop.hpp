@@ -1,6 +1,7 @@
 // A thread that waits on file descriptors with epoll and runs a callback when one becomes
 // readable. Devices use it to serve queue notifications (ioeventfd) and backend input (a tap)
-// away from the vCPU threads, so that blocking host I/O never stalls a vCPU.
+// away from the vCPU threads, so that blocking host I/O never stalls a vCPU. The thread runs
+// under the device-event seccomp filter (vmm/seccomp.hpp) unless told otherwise.
 #pragma once
 
 #include <sys/epoll.h>
@@ -16,6 +17,7 @@
 
 #include <compactor/support/error.hpp>
 #include <compactor/support/unique_fd.hpp>
+#include <compactor/vmm/seccomp.hpp>
 
 namespace compactor {
 
@@ -23,7 +25,9 @@ class event_loop {
 public:
   using callback = std::function<void()>;
 
-  event_loop() {
+  // `filtered`: whether the thread loads its seccomp filter; by default, what the constructing
+  // thread's filter_new_threads() says at this point.
+  explicit event_loop(bool filtered = vmm::seccomp::filter_new_threads()) : filtered_(filtered) {
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_) {
       throw_errno("epoll_create1");
@@ -72,7 +76,8 @@ private:
 
   void start() {
     if (!thread_.joinable()) {
-      thread_ = std::thread([this] { loop(); });
+      thread_ = vmm::seccomp::start_thread(vmm::seccomp::thread_role::device_events, filtered_,
+                                           [this] { loop(); });
     }
   }
 
@@ -96,6 +101,7 @@ private:
     }
   }
 
+  bool filtered_;
   unique_fd epoll_;
   unique_fd wake_;
   std::mutex mutex_;

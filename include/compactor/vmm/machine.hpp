@@ -12,8 +12,9 @@
 //   return report.process_exit_status();
 //
 // The machine owns the VM (in-kernel PIC/IOAPIC/LAPIC and PIT), guest RAM, one thread per
-// vCPU, and the devices. A device type is added to the list, nothing else: see device.hpp for
-// what it must provide.
+// vCPU, and the devices. Its threads run under seccomp filters (seccomp.hpp) unless
+// machine_config::seccomp is false. A device type is added to the list, nothing else: see
+// device.hpp for what it must provide.
 #pragma once
 
 #include <pthread.h>
@@ -42,6 +43,7 @@
 #include <compactor/vmm/guest_memory.hpp>
 #include <compactor/vmm/kvm.hpp>
 #include <compactor/vmm/run_outcome.hpp>
+#include <compactor/vmm/seccomp.hpp>
 #include <compactor/vmm/x86/cpuid.hpp>
 #include <compactor/vmm/x86/layout.hpp>
 #include <compactor/vmm/x86/linux_boot.hpp>
@@ -63,6 +65,10 @@ struct machine_config {
   // go to stderr, one line each.
   std::function<void(std::string_view)> log;
   std::string kvm_device = "/dev/kvm";
+  // Each vCPU thread, and each device thread started while the machine is built, loads a
+  // seccomp filter that allows only the system calls it makes (seccomp.hpp). `log` runs on
+  // vCPU threads: with filters, it may write and allocate, but not open files.
+  bool seccomp = true;
 };
 
 namespace detail {
@@ -148,6 +154,7 @@ public:
 
     x86::write_long_mode_tables(memory_);
     x86::write_mptable(memory_, config_.vcpus);
+    const seccomp::filter_scope device_threads(config_.seccomp);
     devices_.attach(context_);
   }
 
@@ -265,6 +272,9 @@ private:
 
   void vcpu_loop(vcpu& cpu) {
     try {
+      if (config_.seccomp) {
+        seccomp::install_filter(seccomp::thread_role::vcpu);
+      }
       while (!ended_.load(std::memory_order_acquire)) {
         if (!cpu.run()) {
           continue; // kicked; the loop condition decides

@@ -38,6 +38,12 @@ enum class run_outcome {
   return "unknown";
 }
 
+// The process exit status after a VMM thread made a system call its seccomp filter forbids
+// (vmm/seccomp.hpp). The process ends at once, from the SIGSYS handler, without a run_report:
+// the thread that made the call may have been taken over by the guest, so nothing it would do
+// next is trusted. Next to the statuses of process_exit_status() below.
+inline constexpr int forbidden_system_call_exit_status = 207;
+
 // What ended the run, with the guest's status when it exited and one line of detail otherwise.
 struct run_report {
   run_outcome outcome = run_outcome::stopped;
@@ -59,7 +65,8 @@ struct run_report {
 
   // A process exit status in the style of `docker run`: the workload's status when it
   // exited, 0 after a guest-requested reset (a clean reboot=k power-off), and distinct codes
-  // above 128+64 for the ways a VM can fail, so scripts can tell them apart.
+  // above 128+64 for the ways a VM can fail, so scripts can tell them apart (and 207,
+  // forbidden_system_call_exit_status, when a seccomp filter ended the process).
   [[nodiscard]] int process_exit_status() const noexcept {
     switch (outcome) {
     case run_outcome::exited: return exit_status.value_or(0);
