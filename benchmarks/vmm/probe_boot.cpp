@@ -5,9 +5,9 @@
 //
 // With --memory-report it prints the process's peak RSS and how much of it is guest RAM that
 // the guest touched (mincore on the guest mappings), so the VMM's own share is the difference.
-// With --deferred-teardown the process reports the guest's status as soon as the run ends and
-// leaves the kernel's VM teardown (tens of milliseconds with an in-kernel irqchip on some
-// hosts) to a child that holds the last reference to the VM.
+// With --deferred-teardown the machine leaves the kernel's VM teardown (tens of milliseconds
+// with an in-kernel irqchip on some hosts) to a keeper process, as `compactor` does
+// (vmm/deferred_teardown.hpp).
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
     vmm::machine_config config;
     config.memory_size = 64 * vmm::layout::mib;
     config.timeout = std::chrono::seconds(10);
+    config.deferred_teardown = deferred_teardown;
     bench_machine machine(config, uart(devices::fd_output::to_stdout()), devices::i8042{},
                           devices::exit_device{});
     machine.load_linux(std::filesystem::path(argv[1]), std::nullopt, cmdline);
@@ -81,16 +82,6 @@ int main(int argc, char** argv) {
                    "peak RSS %ld KiB (anonymous %ld KiB, file-backed %ld KiB); guest RAM "
                    "resident %ld KiB; VMM beyond guest RAM %ld KiB\n",
                    peak, status_kib("RssAnon:"), status_kib("RssFile:"), guest, peak - guest);
-    }
-    if (deferred_teardown) {
-      machine.devices().flush();
-      if (::fork() > 0) {
-        std::_Exit(report.process_exit_status());
-      }
-      // The child holds the last references to the VM; closing every descriptor lets go of the
-      // caller's pipes too, so that nobody waits for the teardown.
-      ::close_range(0, ~0u, 0);
-      std::_Exit(0);
     }
     return report.process_exit_status();
   } catch (const std::exception& failure) {

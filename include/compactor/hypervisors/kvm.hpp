@@ -3,6 +3,7 @@
 //
 //   COM1 console -> the host's console descriptor
 //   i8042        -> `reboot=k` ends the run
+//   CMOS RTC     -> the host's UTC time
 //   exit device  -> the init's status and boot marker (guest/protocol.hpp)
 //   virtio-blk   -> up to four disks (empty slots are invisible to the guest)
 //   virtio-net   -> a tap, when one is given
@@ -30,6 +31,7 @@
 
 #include <compactor/backends/raw_file.hpp>
 #include <compactor/backends/tap.hpp>
+#include <compactor/devices/cmos_rtc.hpp>
 #include <compactor/devices/exit_device.hpp>
 #include <compactor/devices/i8042.hpp>
 #include <compactor/devices/serial_output.hpp>
@@ -53,7 +55,7 @@ using network_slot = virtio::mmio_device<virtio::net_device<backends::tap>>;
 
 using console_uart = devices::uart_16550<devices::fd_output>;
 using standard_machine =
-    vmm::machine<console_uart, devices::i8042, devices::exit_device,
+    vmm::machine<console_uart, devices::i8042, devices::cmos_rtc, devices::exit_device,
                  disk_slot<0>, disk_slot<1>, disk_slot<2>, disk_slot<3>, network_slot>;
 
 // A locally administered MAC address derived from the tap's name, so a guest keeps its address
@@ -183,6 +185,9 @@ struct kvm_options {
   std::optional<std::chrono::milliseconds> timeout;
   std::function<void(std::string_view)> log; // the machine's warnings; default stderr
   bool seccomp = true; // filter the VMM's threads (vmm/seccomp.hpp)
+  // The host kernel's teardown of the VM runs in a keeper process after the run, not in the
+  // caller's (vmm/deferred_teardown.hpp): the caller has the guest's status that much sooner.
+  bool deferred_teardown = true;
 };
 
 class kvm_runner {
@@ -199,6 +204,7 @@ public:
     config.timeout = options_.timeout;
     config.log = options_.log;
     config.seccomp = options_.seccomp;
+    config.deferred_teardown = options_.deferred_teardown;
     // The serial output's thread starts while its argument is built, before the machine.
     const vmm::seccomp::filter_scope device_threads(options_.seccomp);
 
@@ -214,9 +220,9 @@ public:
 
     standard_machine machine(
         config, devices::uart_16550(devices::fd_output(unique_fd(::dup(options_.console_fd)))),
-        devices::i8042{}, devices::exit_device{}, disk.template operator()<0>(),
-        disk.template operator()<1>(), disk.template operator()<2>(),
-        disk.template operator()<3>(), std::move(network));
+        devices::i8042{}, devices::cmos_rtc{}, devices::exit_device{},
+        disk.template operator()<0>(), disk.template operator()<1>(),
+        disk.template operator()<2>(), disk.template operator()<3>(), std::move(network));
     machine_ = &machine;
     machine.load_linux(spec.kernel, spec.initrd,
                        fmt::format("panic=-1 quiet {}", // the machine adds console= and reboot=

@@ -39,6 +39,7 @@
 
 #include <compactor/support/error.hpp>
 #include <compactor/vmm/device.hpp>
+#include <compactor/vmm/deferred_teardown.hpp>
 #include <compactor/vmm/device_set.hpp>
 #include <compactor/vmm/guest_memory.hpp>
 #include <compactor/vmm/kvm.hpp>
@@ -69,6 +70,10 @@ struct machine_config {
   // seccomp filter that allows only the system calls it makes (seccomp.hpp). `log` runs on
   // vCPU threads: with filters, it may write and allocate, but not open files.
   bool seccomp = true;
+  // When the machine is destroyed, a short-lived keeper process takes over the VM's last
+  // descriptors, so the host kernel's teardown of the VM (tens of milliseconds on some hosts)
+  // happens there and not in this process (deferred_teardown.hpp).
+  bool deferred_teardown = false;
 };
 
 namespace detail {
@@ -164,7 +169,12 @@ public:
 
   machine(const machine&) = delete;
   machine& operator=(const machine&) = delete;
-  ~machine() { stop_and_join(); }
+  ~machine() {
+    stop_and_join();
+    if (config_.deferred_teardown) {
+      hand_teardown_to_keeper();
+    }
+  }
 
   [[nodiscard]] devices_type& devices() noexcept { return devices_; }
   template <typename D>
@@ -376,6 +386,19 @@ private:
     }
   }
 
+  // The vCPU descriptors hold the VM as firmly as its own descriptor: the keeper takes all.
+  void hand_teardown_to_keeper() noexcept {
+    try {
+      std::vector<int> descriptors{vm_.fd()};
+      for (const auto& cpu : vcpus_) {
+        descriptors.push_back(cpu.fd());
+      }
+      teardown_keeper_.emplace(descriptors);
+    } catch (const std::exception& failure) {
+      log(fmt::format("the VM is torn down in this process: {}", failure.what()));
+    }
+  }
+
   void stop_and_join() {
     if (threads_.empty()) {
       return;
@@ -415,6 +438,8 @@ private:
     }
   }
 
+  // Declared first so that it is destroyed last, after every descriptor of the VM is closed.
+  std::optional<deferred_teardown> teardown_keeper_;
   machine_config config_;
   devices_type devices_;
   kvm_system system_;
