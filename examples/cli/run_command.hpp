@@ -227,15 +227,23 @@ struct run_command {
     const auto directory = image::blob_cache::default_root() / "initramfs";
     std::filesystem::create_directories(directory);
     spec.initrd = directory / (detail::initramfs_key(image, build) + ".cpio.zst");
-    const bool cached = std::filesystem::exists(spec.initrd);
+    auto size = initramfs::read_size_record(spec.initrd);
+    const bool cached = size.has_value();
     if (!cached) {
-      initramfs::build(image, build, spec.initrd);
+      size = initramfs::build(image, build, spec.initrd).size;
+      initramfs::write_size_record(spec.initrd, *size);
     }
     const auto flattened = detail::clock::now();
-    say("initramfs {} {} in {} ms", spec.initrd.string(), cached ? "from the cache" : "built",
-        detail::milliseconds(flattened - resolved));
+    say("initramfs {} {} in {} ms ({} bytes; unpacks to {} files in {} bytes of pages)",
+        spec.initrd.string(), cached ? "from the cache" : "built",
+        detail::milliseconds(flattened - resolved), size->compressed, size->inodes,
+        size->page_bytes);
 
     spec.kernel = kernel.empty() ? embedded_kernel_file() : std::filesystem::path(kernel);
+    // Refused here rather than by a guest that fails while unpacking.
+    initramfs::check_fits_in_guest(*size, initramfs::kernel_memory_bytes(spec.kernel),
+                                   spec.memory_mib,
+                                   initramfs::root_filesystem_for(spec.guest_parameters));
     say("booting with {} ({})", chosen == hypervisors::hypervisor::kvm ? "our VMM" : "QEMU",
         spec.kernel.string());
 

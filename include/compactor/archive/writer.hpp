@@ -149,7 +149,14 @@ public:
       archive_entry_set_rdevmajor(item, member.rdev_major);
       archive_entry_set_rdevminor(item, member.rdev_minor);
     }
-    number(item, member, link);
+    const bool new_inode = number(item, member, link);
+    if (new_inode) {
+      ++inodes_written_;
+      if (member.type == file_type::regular) {
+        constexpr std::uint64_t page = 4096;
+        page_bytes_ += (member.size + page - 1) / page * page;
+      }
+    }
 
     detail::check(handle, archive_write_header(handle, item),
                   fmt::format("archive_write_header({})", member.path));
@@ -183,6 +190,20 @@ public:
   [[nodiscard]] std::uint64_t entries() const noexcept { return entries_; }
   [[nodiscard]] std::uint64_t bytes_written() const noexcept { return bytes_written_; }
 
+  // Members that are a file of their own, not one more name of a linked file; a path written
+  // twice (a directory's placeholder and its entry) counts twice.
+  [[nodiscard]] std::uint64_t inodes_written() const noexcept { return inodes_written_; }
+
+  // The content of those files, each rounded up to whole 4 KiB pages: what it takes in the
+  // page cache once a kernel has unpacked it.
+  [[nodiscard]] std::uint64_t page_bytes() const noexcept { return page_bytes_; }
+
+  // The archive's size before compression; after finish(), that of the whole archive.
+  [[nodiscard]] std::uint64_t uncompressed_bytes() const noexcept {
+    const auto bytes = archive_filter_bytes(handle_.get(), 0);
+    return bytes > 0 ? static_cast<std::uint64_t>(bytes) : 0;
+  }
+
 private:
   static mode_t type_bits(file_type type) {
     switch (type) {
@@ -200,17 +221,21 @@ private:
   // cpio keeps inode numbers and link counts: they are given in the order entries arrive, and
   // the kernel links a name to an earlier one only when both share the inode and the count is
   // at least 2 (init/initramfs.c, maybe_link()). tar names the first member instead.
-  void number(::archive_entry* item, const entry& member, link_set link) {
+  // Returns whether the member is a new file rather than one more name of a linked one.
+  bool number(::archive_entry* item, const entry& member, link_set link) {
     const bool linked = link.id != 0 && member.type != file_type::directory;
     if constexpr (Format::hard_links == hard_link_style::by_inode) {
       std::uint64_t inode = ++inodes_;
+      bool first = true;
       if (linked) {
-        const auto [slot, first] = link_inodes_.try_emplace(link.id, inode);
+        const auto [slot, created] = link_inodes_.try_emplace(link.id, inode);
         inode = slot->second;
+        first = created;
       }
       archive_entry_set_ino64(item, static_cast<la_int64_t>(inode));
       archive_entry_set_nlink(item, linked ? link.count : 1);
       archive_entry_set_dev(item, 0);
+      return first;
     } else {
       if (linked) {
         const auto [slot, first] = link_names_.try_emplace(link.id, member.path);
@@ -218,7 +243,9 @@ private:
           archive_entry_copy_hardlink(item, slot->second.c_str());
           archive_entry_set_size(item, 0);
         }
+        return first;
       }
+      return true;
     }
   }
 
@@ -258,6 +285,8 @@ private:
   std::uint64_t entries_ = 0;
   std::uint64_t bytes_written_ = 0;
   std::uint64_t inodes_ = 0;
+  std::uint64_t inodes_written_ = 0;
+  std::uint64_t page_bytes_ = 0;
   std::unordered_map<std::uint64_t, std::uint64_t> link_inodes_;
   std::unordered_map<std::uint64_t, std::string> link_names_;
 };

@@ -46,11 +46,40 @@ concept entry_sink = requires(Sink& sink, const archive::entry& member, archive:
   sink.add(member, link);
 };
 
+// 16 GiB of layer data: an initramfs is unpacked into guest RAM (a tmpfs there takes at most
+// half of it), so more could only boot in a guest of over 32 GiB. It bounds what a
+// decompression bomb costs: about 16 s of decompression here, and at most as much temporary
+// disk for the hard-link spool.
+inline constexpr std::uint64_t default_max_uncompressed_bytes = std::uint64_t{16} << 30;
+
+// About 320 bytes of memory per entry are kept while the layers are read (the path's state,
+// and the layer's candidates for hard links), so the default bounds that to about 320 MiB;
+// large distribution images hold a few hundred thousand entries.
+inline constexpr std::uint64_t default_max_entries = 1'000'000;
+
 struct options {
   // Where the content of a layer's regular files is kept, unnamed, while that layer is read,
   // for hard links to files already written (see detail/spool.hpp).
   std::filesystem::path spool_directory = std::filesystem::temp_directory_path();
+  // The layers' tar streams after decompression, all layers together: headers and content,
+  // hidden files included. A layer whose entry would go beyond it is refused.
+  std::uint64_t max_uncompressed_bytes = default_max_uncompressed_bytes;
+  // Tar entries of all layers together, whiteouts and hidden entries included.
+  std::uint64_t max_entries = default_max_entries;
 };
+
+// "16 GiB", "256 MiB", "1000 bytes": a limit as a person reads it.
+inline std::string describe_size(std::uint64_t bytes) {
+  constexpr std::uint64_t mib = std::uint64_t{1} << 20;
+  constexpr std::uint64_t gib = std::uint64_t{1} << 30;
+  if (bytes >= gib && bytes % gib == 0) {
+    return fmt::format("{} GiB", bytes / gib);
+  }
+  if (bytes >= mib && bytes % mib == 0) {
+    return fmt::format("{} MiB", bytes / mib);
+  }
+  return fmt::format("{} bytes", bytes);
+}
 
 struct statistics {
   std::uint64_t layers = 0;
@@ -62,6 +91,11 @@ struct statistics {
   std::uint64_t hard_link_sets = 0;  // sets of names written as one inode
   std::uint64_t content_bytes = 0;   // file content read from the layers
   std::uint64_t spooled_bytes = 0;   // of which kept in the spool
+  // Files written once alone and again with the hard links their layer gave them later: the
+  // unpacker rewrites the same inode, so these members and their content, in 4 KiB pages, take
+  // no memory of their own once unpacked.
+  std::uint64_t relinked_files = 0;
+  std::uint64_t relinked_page_bytes = 0;
 };
 
 namespace detail {
@@ -72,7 +106,9 @@ inline constexpr std::string_view opaque_marker = ".wh..wh..opq";
 template <typename Sink>
 class flattener {
 public:
-  flattener(Sink& sink, const options& opts) : sink_(sink), spool_(opts.spool_directory) {}
+  flattener(Sink& sink, const options& opts)
+      : sink_(sink), spool_(opts.spool_directory), max_bytes_(opts.max_uncompressed_bytes),
+        max_entries_(opts.max_entries) {}
 
   statistics run(std::span<const image::layer> layers) {
     for (auto index = static_cast<int>(layers.size()) - 1; index >= 0; --index) {
@@ -116,12 +152,47 @@ private:
 
   void read_layer(const image::layer& layer, int index) {
     layer_reader reader(layer);
+    layer_digest_ = reader.digest();
     while (auto* item = reader.next()) {
       ++stats_.entries_read;
+      check_limits(reader, item, index);
       read_entry(reader, item, index);
     }
     finish_layer(reader.digest());
     reader.drain();
+    bytes_before_ += reader.uncompressed_bytes();
+  }
+
+  // --- Limits (a hostile layer: a decompression bomb, a flood of entries) --------------------
+
+  // Layers are numbered from 1 at the bottom, as the image's manifest lists them.
+  void check_limits(const layer_reader& reader, ::archive_entry* item, int index) const {
+    if (stats_.entries_read > max_entries_) {
+      throw error(fmt::format("layer {} ({}): the image's layers hold more than {} entries, the "
+                              "limit; entry \"{}\" is beyond it",
+                              index + 1, reader.digest(), max_entries_, raw_name(item)));
+    }
+    const auto declared = archive_entry_size_is_set(item) != 0 && archive_entry_size(item) > 0
+                              ? static_cast<std::uint64_t>(archive_entry_size(item))
+                              : 0;
+    const auto consumed = bytes_before_ + reader.uncompressed_bytes();
+    if (consumed > max_bytes_ || declared > max_bytes_ - consumed) {
+      throw_expands(reader, index, raw_name(item));
+    }
+  }
+
+  // Content as it streams, in case a reader's declared size and the bytes that follow differ.
+  void check_content(const layer_reader& reader, int index, const std::string& path) const {
+    if (bytes_before_ + reader.uncompressed_bytes() > max_bytes_) {
+      throw_expands(reader, index, path);
+    }
+  }
+
+  [[noreturn]] void throw_expands(const layer_reader& reader, int index,
+                                  std::string_view entry) const {
+    throw error(fmt::format("layer {} ({}) expands beyond the limit of {} of uncompressed data "
+                            "for all layers, at entry \"{}\"",
+                            index + 1, reader.digest(), describe_size(max_bytes_), entry));
   }
 
   static std::string raw_name(::archive_entry* item) {
@@ -258,6 +329,18 @@ private:
     return !(state.placeholder && !directory);
   }
 
+  // A layer that holds a directory and later another type under the same name: extracting it
+  // would remove the directory and what the layer put in it, which a one-pass writer cannot
+  // take back from its archive (and the kernel's unpacker would keep the directory instead).
+  void refuse_directory_replacement(const std::string& path, int index) const {
+    const auto found = nodes_.find(path);
+    if (found != nodes_.end() && found->second.written == index && found->second.directory) {
+      throw error(fmt::format("layer {} ({}): entry \"{}\" replaces a directory that the same "
+                              "layer holds",
+                              index + 1, layer_digest_, path));
+    }
+  }
+
   void mark_written(const std::string& path, int index, bool directory) {
     auto& state = nodes_[path];
     state.written = index;
@@ -283,6 +366,9 @@ private:
 
   void other_entry(archive::entry member, int index) {
     const bool directory = member.type == archive::file_type::directory;
+    if (!directory) {
+      refuse_directory_replacement(member.path, index);
+    }
     const bool shown = visible(member.path, index, directory);
     if (shown) {
       ensure_parents(member.path);
@@ -308,6 +394,7 @@ private:
   }
 
   void regular_file(layer_reader& reader, archive::entry member, int index) {
+    refuse_directory_replacement(member.path, index);
     const bool shown = visible(member.path, index, false);
     const auto links = take_pending(member.path);
 
@@ -331,6 +418,7 @@ private:
       emit_begin(head, link);
     }
     reader.read_data([&](std::span<const std::byte> data) {
+      check_content(reader, index, member.path);
       if (!names.empty()) {
         sink_.write(data);
       }
@@ -352,6 +440,7 @@ private:
   void hard_link(layer_reader& reader, std::string_view raw, std::string path,
                  std::string_view raw_target, int index) {
     auto target = canonical_or_throw(raw_target, reader.digest());
+    refuse_directory_replacement(path, index);
     const bool shown = visible(path, index, false);
     if (shown) {
       mark_written(path, index, false); // written when the layer ends or the target is met
@@ -452,6 +541,11 @@ private:
         continue;
       }
 
+      if (item.visible) {
+        constexpr std::uint64_t page = 4096;
+        ++stats_.relinked_files;
+        stats_.relinked_page_bytes += (item.member.size + page - 1) / page * page;
+      }
       const auto link = link_for(names.size());
       auto head = item.member;
       head.path = names.front();
@@ -505,6 +599,10 @@ private:
 
   Sink& sink_;
   spool spool_;
+  std::uint64_t max_bytes_;
+  std::uint64_t max_entries_;
+  std::uint64_t bytes_before_ = 0; // uncompressed bytes of the layers already read
+  std::string layer_digest_;       // of the layer being read
   statistics stats_;
   std::uint64_t link_ids_ = 0;
   std::unordered_map<std::string, node> nodes_;

@@ -91,6 +91,12 @@ public:
 
   [[nodiscard]] const std::string& digest() const noexcept { return digest_; }
 
+  // Bytes of the tar stream decompressed so far (read ahead of the current entry included).
+  [[nodiscard]] std::uint64_t uncompressed_bytes() const noexcept {
+    const auto bytes = archive_filter_bytes(handle_.get(), 0);
+    return bytes > 0 ? static_cast<std::uint64_t>(bytes) : 0;
+  }
+
   // Throws for a failed libarchive call: the byte source's own exception when it was the
   // cause, otherwise libarchive's text with the layer's digest.
   void check(int status, std::string_view call) const {

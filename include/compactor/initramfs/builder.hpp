@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -22,6 +23,7 @@
 #include <compactor/archive/writer.hpp>
 #include <compactor/flatten/flattener.hpp>
 #include <compactor/image/source.hpp>
+#include <compactor/initramfs/guest_memory.hpp>
 #include <compactor/initramfs/host_layer.hpp>
 #include <compactor/initramfs/launch.hpp>
 
@@ -37,6 +39,8 @@ struct build_options {
   std::vector<std::string> dns; // name servers for /etc/resolv.conf; empty: the image's
   std::span<const std::byte> init_binary;
   bool rootfs_only = false; // just the image's file system: no init, configuration or files
+  // The spool directory and the limits a hostile image meets (uncompressed bytes, entries).
+  flatten::options flatten;
 };
 
 // /etc/resolv.conf for `servers`. A loopback address is refused: in the guest it would name
@@ -64,6 +68,7 @@ inline std::string resolv_conf(const std::vector<std::string>& servers) {
 struct build_result {
   guest::launch_config launch;
   flatten::statistics statistics;
+  archive_size size; // of the archive written, before and after compression
 };
 
 template <typename Format>
@@ -81,8 +86,19 @@ build_result build_as(const image::resolved_image& image, const build_options& o
 
   archive::atomic_output file(output);
   archive::writer<Format> writer(file.fd(), {.compression = options.compression});
-  result.statistics = flatten::flatten(layers, writer);
+  result.statistics = flatten::flatten(layers, writer, options.flatten);
   writer.finish();
+  // A placeholder directory and its own entry are one inode, and so is a file written again
+  // with its links: counting none of the placeholders keeps `inodes` a lower bound.
+  const auto& stats = result.statistics;
+  const auto inodes = writer.inodes_written();
+  const auto rewritten = stats.placeholders + stats.relinked_files;
+  result.size = {.uncompressed = writer.uncompressed_bytes(),
+                 .compressed = writer.bytes_written(),
+                 .entries = writer.entries(),
+                 .inodes = inodes - std::min(inodes, rewritten),
+                 .page_bytes = writer.page_bytes() -
+                               std::min(writer.page_bytes(), stats.relinked_page_bytes)};
   // Every layer was read to its end, so every digest was checked: the output can be trusted.
   file.commit();
   return result;
