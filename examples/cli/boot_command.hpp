@@ -13,6 +13,7 @@
 #include <compactor/hypervisors/kvm.hpp>
 #include <compactor/hypervisors/qemu.hpp>
 #include <compactor/hypervisors/select.hpp>
+#include <compactor/initramfs/guest_memory.hpp>
 
 #include "options.hpp"
 
@@ -99,6 +100,11 @@ struct boot_command {
     spec.initrd = initrd;
     spec.guest_parameters = append;
     machine.fill(spec);
+    // Only what the files themselves show (a plain cpio, or a zstd frame's content size; else
+    // the compressed size) is known here, so only guests that cannot hold it are refused.
+    initramfs::check_fits_in_guest(initramfs::size_from_file(spec.initrd),
+                                   initramfs::kernel_memory_bytes(spec.kernel), spec.memory_mib,
+                                   initramfs::root_filesystem_for(spec.guest_parameters));
     return boot_guest(spec, machine);
   }
 };

@@ -252,11 +252,7 @@ struct run_command {
     hypervisors::run_result result;
     int signal = 0;
     if (chosen == hypervisors::hypervisor::kvm) {
-      hypervisors::kvm_options kvm;
-      if (machine.timeout_s > 0) {
-        kvm.timeout = std::chrono::seconds(machine.timeout_s);
-      }
-      hypervisors::kvm_runner runner(kvm);
+      hypervisors::kvm_runner runner(machine.kvm());
       detail::signal_guard signals([&] { runner.stop(); });
       result = runner.run(spec);
       signal = signals.received();

@@ -229,7 +229,9 @@ private:
 
 // What every filtered thread may do: allocate (glibc's malloc and a thread's exit use mmap,
 // munmap, madvise, mprotect, mremap and brk), wait on locks, log a line to stderr, read the
-// clock (a system call where the vDSO cannot), sleep and end.
+// clock (a system call where the vDSO cannot), sleep and end. sigaltstack changes only the
+// calling thread's signal stack; AddressSanitizer's runtime sets one up in every thread and
+// queries it before each call that does not return, so a sanitized build needs it.
 inline void allow_common(filter& rules) {
   const scmp_arg_cmp not_executable{2, SCMP_CMP_MASKED_EQ, PROT_EXEC, 0};
   rules.allow_if(SCMP_SYS(mmap), not_executable);
@@ -237,6 +239,7 @@ inline void allow_common(filter& rules) {
   for (const int syscall : {SCMP_SYS(munmap), SCMP_SYS(madvise), SCMP_SYS(mremap),
                             SCMP_SYS(brk), SCMP_SYS(futex), SCMP_SYS(write),
                             SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),
+                            SCMP_SYS(sigaltstack),
                             SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday), SCMP_SYS(time),
                             SCMP_SYS(clock_nanosleep),
                             SCMP_SYS(nanosleep), SCMP_SYS(sched_yield), SCMP_SYS(getpid),
