@@ -83,14 +83,6 @@ int main(int argc, char** argv) {
   const int vm = checked(::ioctl(kvm, KVM_CREATE_VM, 0), "KVM_CREATE_VM");
   log.mark("create VM");
 
-  if (irqchip) {
-    checked(::ioctl(vm, KVM_CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
-    kvm_pit_config pit{};
-    pit.flags = KVM_PIT_SPEAKER_DUMMY;
-    checked(::ioctl(vm, KVM_CREATE_PIT2, &pit), "KVM_CREATE_PIT2");
-    log.mark("irqchip and PIT");
-  }
-
   void* memory = ::mmap(nullptr, memory_size, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (memory == MAP_FAILED) {
@@ -106,6 +98,14 @@ int main(int argc, char** argv) {
   region.userspace_addr = reinterpret_cast<std::uint64_t>(memory);
   checked(::ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region), "KVM_SET_USER_MEMORY_REGION");
   log.mark("guest memory");
+
+  if (irqchip) {
+    checked(::ioctl(vm, KVM_CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
+    kvm_pit_config pit{};
+    pit.flags = KVM_PIT_SPEAKER_DUMMY;
+    checked(::ioctl(vm, KVM_CREATE_PIT2, &pit), "KVM_CREATE_PIT2");
+    log.mark("irqchip and PIT");
+  }
 
   const int vcpu = checked(::ioctl(vm, KVM_CREATE_VCPU, 0), "KVM_CREATE_VCPU");
   const int run_size = checked(::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");
