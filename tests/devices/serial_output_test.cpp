@@ -8,20 +8,13 @@
 
 #include <compactor/devices/serial_output.hpp>
 
+#include "../support/pipe_pair.hpp"
+
 using namespace compactor;
 
 namespace {
 
-struct pipe_pair {
-  unique_fd read_end;
-  unique_fd write_end;
-  pipe_pair() {
-    int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    read_end.reset(fds[0]);
-    write_end.reset(fds[1]);
-  }
-};
+using testing::pipe_pair;
 
 std::string drain(int fd) {
   std::string text;

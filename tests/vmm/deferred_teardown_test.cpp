@@ -1,6 +1,5 @@
 #include <catch2/catch.hpp>
 
-#include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,33 +8,11 @@
 
 #include <compactor/vmm/deferred_teardown.hpp>
 
+#include "../support/pipe_pair.hpp"
+
 using namespace compactor;
 
-namespace {
-
-struct pipe_pair {
-  unique_fd read_end;
-  unique_fd write_end;
-
-  pipe_pair() {
-    int ends[2];
-    REQUIRE(::pipe2(ends, O_CLOEXEC) == 0);
-    read_end = unique_fd(ends[0]);
-    write_end = unique_fd(ends[1]);
-  }
-
-  // Whether the reader sees end-of-file within `milliseconds`: every writer has closed.
-  bool closed_within(int milliseconds) const {
-    pollfd event{read_end.get(), POLLIN, 0};
-    if (::poll(&event, 1, milliseconds) != 1) {
-      return false;
-    }
-    char byte;
-    return ::read(read_end.get(), &byte, 1) == 0;
-  }
-};
-
-} // namespace
+using testing::pipe_pair;
 
 // A pipe's write end stands in for a VM descriptor: the reader sees end-of-file only when the
 // last copy closes, which is when the kernel would tear a VM down.

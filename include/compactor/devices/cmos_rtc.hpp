@@ -91,16 +91,10 @@ public:
 
   [[nodiscard]] std::uint8_t read(std::uint8_t index) const {
     using namespace cmos_registers;
-    switch (index) {
-    case seconds:
-    case minutes:
-    case hours:
-    case day_of_week:
-    case day_of_month:
-    case month:
-    case year:
-    case century:
+    if (is_clock_register(index)) {
       return time_register(index, broken_down(shown_time()));
+    }
+    switch (index) {
     case status_c:
       return 0; // no interrupt flags: no interrupt is ever raised
     case status_d:
@@ -112,17 +106,11 @@ public:
 
   void write(std::uint8_t index, std::uint8_t value) {
     using namespace cmos_registers;
-    switch (index) {
-    case seconds:
-    case minutes:
-    case hours:
-    case day_of_week:
-    case day_of_month:
-    case month:
-    case year:
-    case century:
+    if (is_clock_register(index)) {
       set_time_register(index, value);
       return;
+    }
+    switch (index) {
     case status_a:
       ram_[index] = value & status_a_writable;
       return;
@@ -143,6 +131,12 @@ public:
   }
 
 private:
+  static constexpr bool is_clock_register(std::uint8_t index) {
+    using namespace cmos_registers;
+    return index == seconds || index == minutes || index == hours || index == day_of_week ||
+           index == day_of_month || index == month || index == year || index == century;
+  }
+
   static std::int64_t host_clock() { return static_cast<std::int64_t>(std::time(nullptr)); }
 
   static std::tm broken_down(std::int64_t seconds_since_epoch) {
