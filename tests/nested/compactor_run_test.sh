@@ -66,7 +66,7 @@ echo "plain tcp: \$(cat /tmp/received-plain)"
 ip link show tap0 >/dev/null 2>&1 && echo "tap: left behind" || echo "tap: removed"
 SCRIPT
 
-output=$("$here/nested-run.sh" --timeout 1100 --file "$compactor" --file "$demo_dir" \
+output=$("$here/nested-run.sh" --timeout 420 --file "$compactor" --file "$demo_dir" \
   --file "$bzimage" --file "$work/data" "$work/l1.sh" 2>&1) || true
 echo "$output" | tr -d '\r' | grep -a -v '^\s*$' | grep -a -v 'Unhandled WRMSR' | tail -n 30
 

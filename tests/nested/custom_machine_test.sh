@@ -22,7 +22,7 @@ $program $vmlinux $work/initrd.gz $work/disk0.img $work/disk1.img \
   "console=ttyS0 panic=-1 quiet rdinit=/.compactor/init"
 echo "custom machine: status \$?"
 SCRIPT
-output=$("$here/nested-run.sh" --timeout 600 --file "$program" --file "$vmlinux" \
+output=$("$here/nested-run.sh" --timeout 300 --file "$program" --file "$vmlinux" \
   --file "$work" "$work/l1.sh" 2>&1 | tr -d '\r') || true
 grep -a -E 'vda|vdb|custom machine' <<<"$output" || true
 grep -a -q 'vda DSK0 ro=0' <<<"$output"

@@ -11,7 +11,7 @@ cat >"$script" <<SCRIPT
 $compactor host-check
 SCRIPT
 
-output=$("$here/nested-run.sh" --timeout 300 --file "$compactor" "$script" 2>&1) || {
+output=$("$here/nested-run.sh" --timeout 150 --file "$compactor" "$script" 2>&1) || {
   echo "$output" | tail -n 20
   echo "host-check inside L1 failed"
   exit 1

@@ -48,7 +48,7 @@ echo "read-only run: status \$?"
 echo "sector 1 after the read-only run: [\$(dd if=/tmp/ro.img bs=512 skip=1 count=1 2>/dev/null | tr -d '\\\\0' | head -c 16)]"
 SCRIPT
 
-output=$("$here/nested-run.sh" --timeout 1100 --file "$compactor" --file "$vmlinux" \
+output=$("$here/nested-run.sh" --timeout 420 --file "$compactor" --file "$vmlinux" \
   --file "$work/initrd.gz" --file "$work/disk.img" "$work/l1.sh" 2>&1) || true
 echo "$output" | grep -a -v '^\s*$' | tail -n 30
 
