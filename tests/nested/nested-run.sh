@@ -41,7 +41,8 @@ release=${kernel##*/vmlinuz-}
 modules="$kernel_root/lib/modules/$release/kernel"
 
 work=$(mktemp -d /tmp/compactor-nested.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# Whatever ends this script, no QEMU is left running.
+trap 'if [[ -s $work/qemu.pid ]]; then kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,run,modules,etc}
 
@@ -80,6 +81,18 @@ for file in "${files[@]}"; do
   fi
 done
 cp "$script" "$root/test-script.sh"
+# See kvm_vm_holder.cpp: one idle VM held open for L1's lifetime keeps L1 from rewriting a jump
+# in its scheduler at every guest start and end, which QEMU's TCG has been seen to get wrong.
+# NESTED_RUN_NO_HOLDER=1 leaves it out (to see the stall it prevents).
+holder="$build_dir/tests/nested/kvm-vm-holder"
+if [[ ${NESTED_RUN_NO_HOLDER:-0} != 1 ]]; then
+  if [[ ! -x $holder ]]; then
+    echo "nested-run: no $holder (build the project first)" >&2
+    exit 2
+  fi
+  copy_with_libraries "$(realpath "$holder")"
+  ln -s "$(realpath "$holder")" "$root/kvm-vm-holder"
+fi
 
 cat >"$root/init" <<'INIT'
 #!/bin/sh
@@ -91,6 +104,19 @@ for module in irqbypass kvm kvm-amd tun; do
   insmod /modules/$module.ko || echo "nested-run: insmod $module failed"
 done
 ip link set lo up
+if [ -e /kvm-vm-holder ]; then
+  /kvm-vm-holder >/run/kvm-vm-holder.log 2>&1 &
+  waited=0
+  until grep -q holding /run/kvm-vm-holder.log || [ $waited -ge 100 ]; do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  grep -q holding /run/kvm-vm-holder.log ||
+    { echo "nested-run: kvm-vm-holder did not start:"; cat /run/kvm-vm-holder.log; }
+fi
+# Once per kernel, the kernel's function addresses go out on the second serial port for
+# describe-l1.py (its packaged System.map is a stub); nokaslr keeps them for later boots.
+if [ -e /capture-symbols ]; then grep -i ' t ' /proc/kallsyms >/dev/ttyS1; fi
 cd /tmp
 sh /test-script.sh
 echo "NESTED-RUN-EXIT-STATUS: $?"
@@ -98,25 +124,57 @@ poweroff -f
 INIT
 chmod +x "$root/init"
 
+symbols="$build_dir/nested/l1-symbols-$release"
+[[ -s $symbols ]] || touch "$root/capture-symbols"
+# The bundled guest kernel's symbols, for a stall met while L1 runs one of our guests.
+guest_symbols="$build_dir/nested/guest-symbols"
+if [[ -f $build_dir/kernel/vmlinux && ! $guest_symbols -nt $build_dir/kernel/vmlinux ]]; then
+  nm "$build_dir/kernel/vmlinux" >"$guest_symbols.tmp.$$" && mv "$guest_symbols.tmp.$$" "$guest_symbols"
+fi
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/l1.cpio.gz"
 
 console="$work/console.log"
-# L1 (KVM on QEMU's emulated AMD-V) has been seen to stop responding as a guest VM starts, a
-# few times in a hundred VM starts, with nothing of ours left running in it to blame. A run that
-# L1 never finishes (the timeout) is started once more from a fresh boot, and says so; a second
-# stall, or any status L1 reports, stands.
+monitor="$work/monitor.sock"
+# L1 (KVM on QEMU's emulated AMD-V) was seen to stop responding as a guest VM started or ended,
+# a few times in a hundred VM starts, before kvm-vm-holder was added. Should it happen again:
+# when a run passes its time, QEMU's monitor is first asked where L1's vCPUs are
+# (describe-l1.py; NESTED_RUN_DUMP names a file for the whole answers), then the run is started
+# once more from a fresh boot, and says so; a second stall, or any status L1 reports, stands.
 for attempt in 1 2; do
-  status=0
-  timeout --kill-after=10 "$timeout_seconds" qemu-system-x86_64 \
+  rm -f "$work/qemu.pid" "$work/timed-out" "$monitor"
+  qemu-system-x86_64 \
     -accel tcg -cpu max -smp 2 -m "$memory_mib" \
     -nographic -no-reboot -nodefaults -serial stdio \
+    -serial "file:$work/symbols" \
+    -monitor "unix:$monitor,server=on,wait=off" -pidfile "$work/qemu.pid" \
     -kernel "$kernel" -initrd "$work/l1.cpio.gz" \
-    -append "console=ttyS0 quiet panic=-1 rdinit=/init" </dev/null | tee "$console" || status=$?
+    -append "console=ttyS0 quiet panic=-1 nokaslr rdinit=/init" </dev/null | tee "$console" &
+  pipeline=$!
+  (
+    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    sleep "$timeout_seconds" &
+    sleeper=$!
+    wait "$sleeper"
+    touch "$work/timed-out"
+    echo "nested-run: L1 passed its ${timeout_seconds} s" >&2
+    "$here/describe-l1.py" "$monitor" "$symbols" "$guest_symbols" \
+      ${NESTED_RUN_DUMP:+"$NESTED_RUN_DUMP"} >&2
+    kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null
+  ) </dev/null &
+  watchdog=$!
+  status=0
+  wait "$pipeline" || status=$?
+  if [[ ! -s $symbols ]] && tr -d '\r' <"$work/symbols" >"$symbols.tmp.$$" &&
+    grep -q -i ' t _stext$' "$symbols.tmp.$$"; then
+    mv "$symbols.tmp.$$" "$symbols"
+  fi
+  rm -f "$symbols.tmp.$$"
+  kill "$watchdog" 2>/dev/null && wait "$watchdog" 2>/dev/null || true
   if marker=$(grep -a -o 'NESTED-RUN-EXIT-STATUS: [0-9]*' "$console" | tail -n1); then
     exit "${marker##* }"
   fi
   echo "nested-run: L1 ended without reporting a status (qemu exit $status)" >&2
-  if ((attempt == 1 && (status == 124 || status == 137))); then
+  if [[ $attempt == 1 && -e $work/timed-out ]]; then
     echo "nested-run: L1 stopped responding; booting it once more" >&2
     continue
   fi
