@@ -229,13 +229,35 @@ TEST_CASE("machine: a guest without a kernel, a second run and bad sizes are cle
                     Catch::Contains("/nonexistent/kvm"));
 }
 
-TEST_CASE("probe: CPUID carries the KVM signature leaf and the hypervisor flag",
+TEST_CASE("probe: CPUID carries the KVM signature leaf, the hypervisor flag and, where KVM "
+          "emulates it, the TSC-deadline timer",
           "[kvm][needs-kvm]") {
+  const bool tsc_deadline =
+      vmm::kvm_system().check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0;
   probe_run run;
   const auto report = run.boot("probe=cpuid");
   INFO(report.summary());
   CHECK(report.outcome == vmm::run_outcome::exited);
-  CHECK(run.console.text() == "hypervisor KVMKVMKVM flag\n");
+  CHECK(run.console.text() == fmt::format("hypervisor KVMKVMKVM flag {}\n",
+                                          tsc_deadline ? "tsc-deadline" : "no-tsc-deadline"));
+}
+
+TEST_CASE("probe: the local APIC timer interrupts in TSC-deadline mode where KVM emulates it",
+          "[kvm][needs-kvm]") {
+  // x86 KVM has reported the capability unconditionally since Linux 3.x; without it the
+  // machine must not offer the mode.
+  const bool emulated = vmm::kvm_system().check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0;
+  probe_run run;
+  const auto report = run.boot("probe=tsc-deadline");
+  INFO(report.summary());
+  CHECK(report.outcome == vmm::run_outcome::exited);
+  if (emulated) {
+    CHECK(report.exit_status == 0);
+    CHECK(run.console.text() == "tsc-deadline timer fired\n");
+  } else {
+    CHECK(report.exit_status == 1);
+    CHECK(run.console.text() == "no tsc-deadline in cpuid\n");
+  }
 }
 
 TEST_CASE("probe: string I/O (rep outsb) reaches the device byte by byte", "[kvm][needs-kvm]") {

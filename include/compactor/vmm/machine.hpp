@@ -147,11 +147,12 @@ public:
     vm_.create_pit();
 
     const auto supported = system_.supported_cpuid();
+    const bool tsc_deadline_timer = system_.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0;
     const auto msrs = x86::boot_msrs(system_.msr_index_list());
     vcpus_.reserve(config_.vcpus);
     for (unsigned index = 0; index < config_.vcpus; ++index) {
       auto& cpu = vcpus_.emplace_back(vm_.create_vcpu(index));
-      cpu.set_cpuid(x86::cpuid_for_vcpu(supported, index, config_.vcpus));
+      cpu.set_cpuid(x86::cpuid_for_vcpu(supported, index, config_.vcpus, tsc_deadline_timer));
       if (!msrs.empty()) {
         cpu.set_msrs(msrs);
       }

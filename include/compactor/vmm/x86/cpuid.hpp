@@ -1,6 +1,7 @@
 // The CPUID table each vCPU sees: what KVM supports, with the topology and identity of that
-// vCPU filled in (Intel SDM vol. 2A, CPUID leaves 01H, 04H, 0BH) and the KVM paravirtual
-// signature leaf present (Documentation/virt/kvm/x86/cpuid.rst).
+// vCPU filled in (Intel SDM vol. 2A, CPUID leaves 01H, 04H, 0BH), the TSC-deadline timer
+// offered where KVM emulates it, and the KVM paravirtual signature leaf present
+// (Documentation/virt/kvm/x86/cpuid.rst).
 #pragma once
 
 #include <linux/kvm.h>
@@ -22,8 +23,14 @@ inline constexpr std::uint32_t kvm_features_leaf = 0x40000001;
 }
 
 // One package with `vcpu_count` cores, one thread each; vCPU `index` has APIC id `index`.
+//
+// `tsc_deadline_timer`: KVM emulates the local APIC's TSC-deadline mode in the in-kernel
+// LAPIC (KVM_CAP_TSC_DEADLINE_TIMER) but leaves the CPUID bit out of
+// KVM_GET_SUPPORTED_CPUID, for the VMM to set (api.rst 4.46). Linux uses that mode when it is
+// offered and otherwise calibrates the LAPIC timer against 25 PIT ticks (100 ms at HZ=250) on
+// every boot.
 [[nodiscard]] inline cpuid_table cpuid_for_vcpu(cpuid_table table, unsigned index,
-                                                unsigned vcpu_count) {
+                                                unsigned vcpu_count, bool tsc_deadline_timer) {
   bool has_signature = false;
   for (auto& entry : table) {
     switch (entry.function) {
@@ -31,6 +38,9 @@ inline constexpr std::uint32_t kvm_features_leaf = 0x40000001;
       // EBX[31:24] initial APIC id, EBX[23:16] logical processors in the package.
       entry.ebx = (entry.ebx & 0xffff) | ((vcpu_count & 0xff) << 16) | ((index & 0xff) << 24);
       entry.ecx |= 1u << 31; // running under a hypervisor
+      if (tsc_deadline_timer) {
+        entry.ecx |= 1u << 24;
+      }
       if (vcpu_count > 1) {
         entry.edx |= 1u << 28; // HTT: EBX[23:16] is valid
       }
