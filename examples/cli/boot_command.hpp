@@ -29,7 +29,7 @@ struct machine_options {
   std::string hypervisor = "auto";
   unsigned timeout_s = 0;
   bool no_seccomp = false;
-  bool deferred_teardown = false;
+  bool teardown_in_process = false;
 
   void add_to(CLI::App& command) {
     command.add_option("--mem-size-mb", memory_mib, "Guest memory in MiB")
@@ -45,9 +45,8 @@ struct machine_options {
     command.add_option("--timeout", timeout_s, "Stop the guest after this many seconds");
     command.add_flag("--no-seccomp", no_seccomp,
                      "Run our VMM's threads without their seccomp filters (for debugging)");
-    command.add_flag("--deferred-teardown", deferred_teardown,
-                     "Exit with the guest's status at once and leave the VM's teardown to a "
-                     "keeper process (experimental)");
+    command.add_flag("--teardown-in-process", teardown_in_process,
+                     "Tear the VM down in this process before exiting, not in a keeper process");
   }
 
   // The settings of our VMM that these options carry.
@@ -57,7 +56,7 @@ struct machine_options {
       options.timeout = std::chrono::seconds(timeout_s);
     }
     options.seccomp = !no_seccomp;
-    options.deferred_teardown = deferred_teardown;
+    options.deferred_teardown = !teardown_in_process;
     return options;
   }
 

@@ -187,9 +187,7 @@ struct kvm_options {
   bool seccomp = true; // filter the VMM's threads (vmm/seccomp.hpp)
   // The host kernel's teardown of the VM runs in a keeper process after the run, not in the
   // caller's (vmm/deferred_teardown.hpp): the caller has the guest's status that much sooner.
-  // Off by default: inside the nested test harness, L1 has stopped responding when a keeper's
-  // teardown overlapped the next VM's start, and why is not known yet.
-  bool deferred_teardown = false;
+  bool deferred_teardown = true;
 };
 
 class kvm_runner {
