@@ -200,6 +200,12 @@ TEST_CASE("probe: a guest that halts forever is ended by the run limit", "[kvm][
   const auto report = run.boot("probe=hang");
   CHECK(report.outcome == vmm::run_outcome::timed_out);
   CHECK(std::chrono::steady_clock::now() - start < 5s);
+  // The report says where each vCPU was: both halted with interrupts off (the probe starts
+  // every vCPU at its entry; the second reports its APIC id and halts).
+  INFO(report.summary());
+  CHECK(std::regex_search(report.detail,
+                          std::regex("\\(vCPU 0 at rip 0x[0-9a-f]+, interrupts off, halted; "
+                                     "vCPU 1 at rip 0x[0-9a-f]+, interrupts off, halted\\)$")));
 }
 
 TEST_CASE("probe: stop() from another thread ends a running guest", "[kvm][needs-kvm]") {
@@ -283,6 +289,20 @@ TEST_CASE("probe: secondary vCPUs wait for a SIPI by default and never block the
   CHECK(report.outcome == vmm::run_outcome::exited);
   CHECK(report.exit_status == 7);
   CHECK(console.text().empty()); // no AP reported an id: none ran
+}
+
+TEST_CASE("probe: a timed-out run reports the vCPUs that never started", "[kvm][needs-kvm]") {
+  vmm::machine_config config;
+  config.vcpus = 3;
+  config.memory_size = 64 * vmm::layout::mib;
+  config.timeout = 300ms;
+  devices::string_output console;
+  probe_machine machine(config, uart(console), devices::i8042{}, devices::exit_device{});
+  machine.load_linux(testing::probe_image, {}, "probe=hang", vmm::x86::boot_entry::linux_64);
+  const auto report = machine.run();
+  INFO(report.summary());
+  CHECK(report.outcome == vmm::run_outcome::timed_out);
+  CHECK_THAT(report.detail, Catch::EndsWith("halted; vCPU 1 not started; vCPU 2 not started)"));
 }
 
 namespace {

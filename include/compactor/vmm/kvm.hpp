@@ -158,6 +158,12 @@ public:
     COMPACTOR_KVM_IOCTL(fd_.get(), KVM_SET_LAPIC, &value);
   }
 
+  // KVM_MP_STATE_RUNNABLE, _HALTED, _UNINITIALIZED (waiting for INIT/SIPI), ... (api.rst 4.38).
+  [[nodiscard]] std::uint32_t mp_state() const {
+    kvm_mp_state value{};
+    COMPACTOR_KVM_IOCTL(fd_.get(), KVM_GET_MP_STATE, &value);
+    return value.mp_state;
+  }
   void set_mp_state(std::uint32_t state) {
     kvm_mp_state value{state};
     COMPACTOR_KVM_IOCTL(fd_.get(), KVM_SET_MP_STATE, &value);

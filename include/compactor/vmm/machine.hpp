@@ -255,7 +255,7 @@ public:
 
     std::lock_guard lock(end_mutex_);
     if (report_->outcome == run_outcome::timed_out || report_->outcome == run_outcome::stopped) {
-      report_->detail += fmt::format(" (bootstrap vCPU{})", where(vcpus_.front()));
+      report_->detail += " (" + vcpu_states() + ")";
     }
     return *report_;
   }
@@ -351,6 +351,34 @@ private:
                           run.exit_reason, where(cpu)));
       return;
     }
+  }
+
+  // Where each vCPU was when a run was cut short, for its report: "vCPU 0 at rip 0x...,
+  // interrupts off, halted; vCPU 1 not started". A guest that hangs with interrupts off spins
+  // on a lock or waits in a loop that no interrupt can end; one halted with interrupts on
+  // waits for an interrupt that never came.
+  std::string vcpu_states() const {
+    std::string states;
+    for (const auto& cpu : vcpus_) {
+      states += fmt::format("{}vCPU {}", states.empty() ? "" : "; ", cpu.index());
+      try {
+        const auto state = cpu.mp_state();
+        if (state == KVM_MP_STATE_UNINITIALIZED || state == KVM_MP_STATE_INIT_RECEIVED) {
+          states += " not started";
+          continue;
+        }
+        const auto registers = cpu.regs();
+        constexpr std::uint64_t interrupt_flag = 1u << 9;
+        states += fmt::format(" at rip {:#x}, interrupts {}", registers.rip,
+                              registers.rflags & interrupt_flag ? "on" : "off");
+        if (state == KVM_MP_STATE_HALTED) {
+          states += ", halted";
+        }
+      } catch (const std::exception&) {
+        states += " (registers unreadable)";
+      }
+    }
+    return states;
   }
 
   // " at rip 0x..." for a report, or nothing when the registers cannot be read.
