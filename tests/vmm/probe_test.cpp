@@ -22,17 +22,22 @@ namespace {
 using uart = devices::uart_16550<devices::string_output>;
 using probe_machine = vmm::machine<uart, devices::i8042, devices::exit_device>;
 
+// How the secondary vCPUs start: at the probe's entry with the bootstrap one (most probes), or
+// as on hardware, waiting for an INIT/SIPI that the probes never send.
+enum class secondaries { start_at_entry, wait_for_sipi };
+
 struct probe_run {
   devices::string_output console;
   std::vector<std::string> logs;
   std::unique_ptr<probe_machine> machine;
 
-  explicit probe_run(unsigned vcpus = 1, std::chrono::milliseconds timeout = 20s) {
+  explicit probe_run(unsigned vcpus = 1, std::chrono::milliseconds timeout = 20s,
+                     secondaries start = secondaries::start_at_entry) {
     vmm::machine_config config;
     config.vcpus = vcpus;
     config.memory_size = 64 * vmm::layout::mib;
     config.timeout = timeout;
-    config.start_all_vcpus_at_entry = true;
+    config.start_all_vcpus_at_entry = start == secondaries::start_at_entry;
     config.log = [this](std::string_view line) { logs.emplace_back(line); };
     machine = std::make_unique<probe_machine>(config, uart(console), devices::i8042{},
                                               devices::exit_device{});
@@ -276,30 +281,17 @@ TEST_CASE("probe: string I/O (rep outsb) reaches the device byte by byte", "[kvm
 
 TEST_CASE("probe: secondary vCPUs wait for a SIPI by default and never block the end",
           "[kvm][needs-kvm]") {
-  vmm::machine_config config;
-  config.vcpus = 3;
-  config.memory_size = 64 * vmm::layout::mib;
-  config.timeout = 20s;
-  devices::string_output console;
-  probe_machine machine(config, uart(console), devices::i8042{}, devices::exit_device{});
-  machine.load_linux(testing::probe_image, {}, "probe=exit status=7",
-                     vmm::x86::boot_entry::linux_64);
-  const auto report = machine.run();
+  probe_run run(3, 20s, secondaries::wait_for_sipi);
+  const auto report = run.boot("probe=exit status=7");
   INFO(report.summary());
   CHECK(report.outcome == vmm::run_outcome::exited);
   CHECK(report.exit_status == 7);
-  CHECK(console.text().empty()); // no AP reported an id: none ran
+  CHECK(run.console.text().empty()); // no AP reported an id: none ran
 }
 
 TEST_CASE("probe: a timed-out run reports the vCPUs that never started", "[kvm][needs-kvm]") {
-  vmm::machine_config config;
-  config.vcpus = 3;
-  config.memory_size = 64 * vmm::layout::mib;
-  config.timeout = 300ms;
-  devices::string_output console;
-  probe_machine machine(config, uart(console), devices::i8042{}, devices::exit_device{});
-  machine.load_linux(testing::probe_image, {}, "probe=hang", vmm::x86::boot_entry::linux_64);
-  const auto report = machine.run();
+  probe_run run(3, 300ms, secondaries::wait_for_sipi);
+  const auto report = run.boot("probe=hang");
   INFO(report.summary());
   CHECK(report.outcome == vmm::run_outcome::timed_out);
   CHECK_THAT(report.detail, Catch::EndsWith("halted; vCPU 1 not started; vCPU 2 not started)"));
